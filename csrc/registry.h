@@ -1,0 +1,8 @@
+// Each op family adds its bindings here; module_cpu.cpp / module_cuda.cu call these.
+#pragma once
+#include <pybind11/pybind11.h>
+
+namespace mmhnet {
+void register_cpu_kernels(pybind11::module_& m);   // csrc/cpu/registry.cpp
+void register_cuda_kernels(pybind11::module_& m);  // csrc/cuda/registry.cu
+}  // namespace mmhnet

@@ -1,0 +1,35 @@
+"""The ``mmhnet`` command line. Subcommands register themselves in ``COMMANDS``."""
+
+import argparse
+import sys
+
+
+def _info(args):
+    import torch
+
+    from .ops._backend import native_module, triton_available
+
+    print(f"mmhnet {__import__('mmhnet').__version__}, torch {torch.__version__}")
+    print(f"  triton:          {'yes' if triton_available() else 'no'}")
+    print(f"  mmhnet._C:       {'built' if native_module('_C') else 'not built'}")
+    cuda_mod = native_module("_C_cuda")
+    print(f"  mmhnet._C_cuda:  {'built' if cuda_mod else 'not built'}")
+    print(f"  CUDA device:     {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="mmhnet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="show the installed backends")
+    p.set_defaults(func=_info)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

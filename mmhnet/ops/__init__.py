@@ -1,0 +1,13 @@
+"""mmhnet's public functional ops (DESIGN.md): argument checks, backend dispatch, autograd and
+torch.library registration. References of every op: ``mmhnet.ops.reference``."""
+
+from ._backend import BACKENDS, BackendUnavailableError, resolve_backend
+from .scan import bi_selective_scan, selective_scan
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "resolve_backend",
+    "selective_scan",
+    "bi_selective_scan",
+]

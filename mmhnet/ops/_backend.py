@@ -1,0 +1,95 @@
+"""Backend selection (DESIGN.md, "Backends").
+
+``backend=None`` takes ``$MMHNET_BACKEND`` when set, else the default for the tensors' device:
+CUDA tensors -> ``DEFAULT_GPU_BACKEND``; CPU tensors -> "cpu" when ``mmhnet._C`` provides the op,
+else "reference". A backend that cannot serve a call raises ``BackendUnavailableError`` naming
+the backend and the reason; nothing falls back silently.
+"""
+
+import functools
+import importlib
+import os
+
+from ._checks import check_choice
+
+BACKENDS = ("reference", "triton", "cpu", "cuda")
+
+# Decided by benchmark on GPU (benchmarks/RESULTS.md). Until the CUDA path is measured on a
+# GPU against the Triton path, Triton is the GPU default.
+DEFAULT_GPU_BACKEND = "triton"
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot serve this call (not built, wrong device, ...)."""
+
+
+def triton_interpreting():
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def native_module(name):
+    """``mmhnet._C`` or ``mmhnet._C_cuda`` if built and importable, else None."""
+    try:
+        return importlib.import_module(f"mmhnet.{name}")
+    except ImportError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available():
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _native_has(module_name, symbol):
+    mod = native_module(module_name)
+    return mod is not None and hasattr(mod, symbol)
+
+
+def resolve_backend(backend, device, op, native_symbol=None, backends=BACKENDS):
+    """Pick and validate the backend for one call of ``op`` on tensors on ``device``.
+
+    native_symbol: the function the op needs in mmhnet._C / mmhnet._C_cuda (None: the op has
+    no native implementation). backends: the backends this op implements.
+    """
+    if backend is None:
+        backend = os.environ.get("MMHNET_BACKEND") or None
+        source = "MMHNET_BACKEND"
+    else:
+        source = "backend"
+    if backend is None:
+        if device.type == "cuda":
+            backend = DEFAULT_GPU_BACKEND if DEFAULT_GPU_BACKEND in backends else "reference"
+        elif native_symbol is not None and "cpu" in backends and _native_has("_C", native_symbol):
+            backend = "cpu"
+        else:
+            backend = "reference"
+        return backend
+    check_choice(source, backend, BACKENDS)
+    if backend not in backends:
+        raise BackendUnavailableError(f"{op}: backend {backend!r} is not implemented for this op "
+                                      f"(available: {', '.join(backends)})")
+    if backend == "triton":
+        if not triton_available():
+            raise BackendUnavailableError(f"{op}: backend 'triton' needs the triton package")
+        if device.type != "cuda" and not (device.type == "cpu" and triton_interpreting()):
+            raise BackendUnavailableError(
+                f"{op}: backend 'triton' needs CUDA tensors (or CPU tensors with "
+                f"TRITON_INTERPRET=1); got tensors on {device}")
+    elif backend == "cpu":
+        if device.type != "cpu":
+            raise BackendUnavailableError(f"{op}: backend 'cpu' needs CPU tensors; got {device}")
+        if not _native_has("_C", native_symbol or "<none>"):
+            raise BackendUnavailableError(f"{op}: backend 'cpu' needs mmhnet._C built with this op "
+                                          f"(pip install -e . builds it)")
+    elif backend == "cuda":
+        if device.type != "cuda":
+            raise BackendUnavailableError(f"{op}: backend 'cuda' needs CUDA tensors; got {device}")
+        if not _native_has("_C_cuda", native_symbol or "<none>"):
+            raise BackendUnavailableError(f"{op}: backend 'cuda' needs mmhnet._C_cuda built with "
+                                          f"this op (needs nvcc at install time)")
+    return backend

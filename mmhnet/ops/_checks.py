@@ -1,0 +1,83 @@
+"""Argument checks shared by the public ops.
+
+Every message names the argument, what was expected and what was given. Shape, dtype and
+device checks only read metadata, so they also run under torch.compile; checks of tensor
+*values* (``check_cu_seqlens_values``) run inside the custom ops, where data may be read.
+"""
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(name, t, ndim=None, shape=None, dtypes=FLOAT_DTYPES, optional=False):
+    """Check type, rank, shape and dtype of one argument. ``shape`` may hold None wildcards."""
+    if t is None:
+        if optional:
+            return
+        raise TypeError(f"{name} must be a torch.Tensor, got None")
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if dtypes is not None and t.dtype not in dtypes:
+        kind = "a floating-point" if dtypes is FLOAT_DTYPES else "one of"
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have {kind} dtype ({names}), got {t.dtype}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions{_describe(shape)}, "
+                         f"got shape {tuple(t.shape)}")
+    if shape is not None:
+        if t.dim() != len(shape) or any(e is not None and e != a for e, a in zip(shape, t.shape)):
+            raise ValueError(f"{name} must have shape {_fmt(shape)}, got {tuple(t.shape)}")
+
+
+def _fmt(shape):
+    return "(" + ", ".join("*" if s is None else str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
+
+
+def _describe(shape):
+    return f" {_fmt(shape)}" if shape is not None else ""
+
+
+def check_same_device(named):
+    """``named``: list of (name, tensor or None). All tensors must share the first one's device."""
+    ref_name, ref = None, None
+    for name, t in named:
+        if t is None:
+            continue
+        if ref is None:
+            ref_name, ref = name, t
+        elif t.device != ref.device:
+            raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; "
+                             f"all tensors must be on the same device")
+
+
+def check_cu_seqlens_meta(cu_seqlens, batch, name="cu_seqlens"):
+    """Metadata checks of packed offsets: 1-D integer tensor, batch == 1."""
+    if cu_seqlens is None:
+        return
+    check_tensor(name, cu_seqlens, ndim=1, dtypes=(torch.int32, torch.int64))
+    if cu_seqlens.numel() < 2:
+        raise ValueError(f"{name} must hold at least 2 offsets (one sequence), "
+                         f"got shape {tuple(cu_seqlens.shape)}")
+    if batch != 1:
+        raise ValueError(f"{name} packs sequences along the length, so batch must be 1; got batch {batch}")
+
+
+def check_cu_seqlens_values(cu_seqlens, total, name="cu_seqlens"):
+    """Value checks (one host sync): starts at 0, never decreases, ends at ``total``."""
+    if cu_seqlens is None:
+        return
+    vals = cu_seqlens.tolist()
+    if vals[0] != 0:
+        raise ValueError(f"{name} must start at 0, got {vals[0]}")
+    for i in range(1, len(vals)):
+        if vals[i] < vals[i - 1]:
+            raise ValueError(f"{name} must not decrease, but {name}[{i}] = {vals[i]} < "
+                             f"{name}[{i - 1}] = {vals[i - 1]}")
+    if vals[-1] != total:
+        raise ValueError(f"{name} must end at the total length {total}, got {vals[-1]}")
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")

@@ -1,0 +1,100 @@
+"""Shared test utilities: relative errors, per-dtype tolerances, random scan inputs."""
+
+import torch
+
+# Relative-error tolerances ||out - ref|| / ||ref|| per input dtype, for outputs and gradients.
+TOL = {
+    torch.float64: 1e-10,
+    torch.float32: 2e-4,
+    torch.float16: 5e-3,
+    torch.bfloat16: 3e-2,
+}
+
+
+def rel_err(out, ref):
+    out = out.detach().double()
+    ref = ref.detach().double()
+    denom = ref.norm()
+    if denom == 0:
+        return out.norm().item()
+    return ((out - ref).norm() / denom).item()
+
+
+def assert_close_rel(out, ref, tol, what=""):
+    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    assert torch.isfinite(out).all(), f"{what}: non-finite values"
+    err = rel_err(out, ref)
+    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"
+
+
+def random_cu_seqlens(lengths, device="cpu"):
+    cu = [0]
+    for n in lengths:
+        cu.append(cu[-1] + n)
+    return torch.tensor(cu, dtype=torch.int32, device=device)
+
+
+def make_scan_inputs(batch, seqlen, nheads, headdim, ngroups, dstate, *, dtype=torch.float32,
+                     device="cpu", D=None, z=False, dt_bias=False, rev=(), dt_softplus=True):
+    """Random inputs for the scans. D: None | "h" | "hp". rev: names among dt, A, B, C that get a
+    separate reverse-direction tensor. Returns a dict of keyword arguments (x, dt, A, B, C, ...)."""
+    kw = dict(device=device, dtype=dtype)
+    args = {
+        "x": torch.randn(batch, seqlen, nheads, headdim, **kw),
+        # dt around softplus^-1 of 0.05..0.5 when softplus is on, else positive directly
+        "dt": (torch.randn(batch, seqlen, nheads, **kw) - 1.0) if dt_softplus
+        else torch.rand(batch, seqlen, nheads, **kw) * 0.5 + 0.01,
+        "A": -(torch.rand(nheads, **kw) * 2.0 + 0.1),
+        "B": torch.randn(batch, seqlen, ngroups, dstate, **kw),
+        "C": torch.randn(batch, seqlen, ngroups, dstate, **kw),
+    }
+    if D == "h":
+        args["D"] = torch.randn(nheads, **kw)
+    elif D == "hp":
+        args["D"] = torch.randn(nheads, headdim, **kw)
+    if z:
+        args["z"] = torch.randn(batch, seqlen, nheads, headdim, **kw)
+    if dt_bias:
+        args["dt_bias"] = torch.randn(nheads, **kw) * 0.5
+    for name in rev:
+        base = args[name]
+        if name == "A":
+            args["A_rev"] = -(torch.rand(nheads, **kw) * 2.0 + 0.1)
+        elif name == "dt":
+            args["dt_rev"] = torch.randn_like(base) - 1.0 if dt_softplus else torch.rand_like(base) * 0.5 + 0.01
+        else:
+            args[name + "_rev"] = torch.randn_like(base)
+    args["dt_softplus"] = dt_softplus
+    return args
+
+
+TENSOR_KEYS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "dt_rev", "A_rev", "B_rev", "C_rev")
+
+
+def clone_inputs(args, dtype=None, device=None, requires_grad=True):
+    """Copy of the inputs (optionally cast/moved), float tensors as fresh leaves."""
+    out = {}
+    for k, v in args.items():
+        if isinstance(v, torch.Tensor) and k in TENSOR_KEYS:
+            v = v.detach().to(dtype=dtype or v.dtype, device=device or v.device).clone()
+            v.requires_grad_(requires_grad)
+        elif isinstance(v, torch.Tensor):
+            v = v.to(device=device or v.device)
+        out[k] = v
+    return out
+
+
+def grads_of(out, args, dy):
+    """Gradients of sum(out * dy) with respect to every tensor input in args."""
+    names = [k for k in TENSOR_KEYS if k in args and args[k] is not None]
+    grads = torch.autograd.grad(out, [args[k] for k in names], dy, allow_unused=True)
+    return {k: g for k, g in zip(names, grads)}
+
+
+import os  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# The device the Triton backend runs on here: the GPU where there is one, else the CPU through
+# the interpreter (set by conftest.py).
+TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
