@@ -1,0 +1,213 @@
+"""Backward of the fused bidirectional scan: one program per (chunk, batch*head) computes every
+gradient of its chunk for both directions and writes dx once.
+
+Per direction, with upstream dy' (dy_pre, read one row away in quasiseparable mode), the
+adjoint of the state at token s is g_s (forward direction: from tokens t >= s; reverse: from
+t <= s). Inside a chunk (W = the direction's decay matrix, W[t, s] weight of s in the state at t):
+    gB_s  = sum_t W[t,s] (C_t . B_s) dy'_t + w_in_s Adj B_s         (= g_s B_s,  (Q, P))
+    dx_s  = dt'_s gB_s,           ddt'_s (input term) = x_s . gB_s
+    dB_s  = dt'_s [sum_t W[t,s] (dy'_t . x_s) C_t + w_in_s x_s Adj]
+    dC_t  = sum_s W[t,s] dt'_s (dy'_t . x_s) B_s + w_out_t dy'_t S_in
+where S_in is the state entering the chunk (recomputed forward pass) and Adj the adjoint
+entering it (adjoint pass). The log-decay gradient comes from the identity
+    dL_k = C_k . dC_k - B_k . dB_k        (forward: L inclusive, d lam_u = sum_{k>=u} dL_k)
+    dM_k = B_k . dB_k - C_k . dC_k        (reverse: M exclusive, d lam_u = sum_{k>u} dM_k)
+summed inside the chunk and the sequence, plus, for tokens of the sequence that continues past
+the chunk's end, the part of the sum beyond the chunk, which equals <adjoint, state> at that
+boundary: <G_in[c], H_in[c+1]> (forward) and <Q_in[c+1], R_in[c]> (reverse).
+"""
+
+import triton
+import triton.language as tl
+
+from .common import chunk_seq_ids, load_dt, load_rows, load_state, mm
+
+
+@triton.jit
+def _direction_grads(x, dy, CB, DYX, dtp, lam, A, Bm, Cm, S_in, Adj_in, corr, seq, seq_prev,
+                     seq_next, seq_last, i, IS_REV: tl.constexpr, MM_DTYPE: tl.constexpr,
+                     PREC: tl.constexpr):
+    L = tl.cumsum(lam, 0)
+    Lex = L - lam
+    L_end = tl.sum(lam, 0)
+    t = i[:, None]
+    s = i[None, :]
+    same = seq[:, None] == seq[None, :]
+    if IS_REV:
+        W = tl.exp(tl.where((s >= t) & same, Lex[None, :] - Lex[:, None], float("-inf")))
+        w_out = tl.where(seq == seq_next, tl.exp(L_end - Lex), 0.0)
+        w_in = tl.where(seq == seq_prev, tl.exp(Lex), 0.0)
+    else:
+        W = tl.exp(tl.where((s <= t) & same, L[:, None] - L[None, :], float("-inf")))
+        w_out = tl.where(seq == seq_prev, tl.exp(L), 0.0)
+        w_in = tl.where(seq == seq_next, tl.exp(L_end - L), 0.0)
+    gB = mm(tl.trans(W * CB), dy, MM_DTYPE, PREC) \
+        + w_in[:, None] * mm(Bm, tl.trans(Adj_in), MM_DTYPE, PREC)
+    ddt_in = tl.sum(x * gB, 1)
+    dx = dtp[:, None] * gB
+    WD = W * DYX
+    dB = dtp[:, None] * (mm(tl.trans(WD), Cm, MM_DTYPE, PREC)
+                         + w_in[:, None] * mm(x, Adj_in, MM_DTYPE, PREC))
+    dC = mm(WD * dtp[None, :], Bm, MM_DTYPE, PREC) + w_out[:, None] * mm(dy, S_in, MM_DTYPE, PREC)
+    e = tl.sum(Cm * dC, 1) - tl.sum(Bm * dB, 1)
+    if IS_REV:
+        dlam = -tl.sum(tl.where((s > t) & same, e[None, :], 0.0), 1)
+    else:
+        dlam = tl.sum(tl.where((s >= t) & same, e[None, :], 0.0), 1)
+    dlam += tl.where((seq == seq_last) & (seq_next == seq_last), corr, 0.0)
+    dA = tl.sum(dtp * dlam, 0)
+    ddtp = ddt_in + A * dlam
+    return dx, ddtp, dB, dC, dA
+
+
+@triton.jit
+def chunk_scan_bwd_kernel(
+    x_ptr, s_xb, s_xl, s_xh, s_xp,
+    dy_ptr, s_dyb, s_dyl, s_dyh, s_dyp,        # dy_pre: gradient of the pre-gate output
+    dx_ptr, s_dxb, s_dxl, s_dxh, s_dxp,
+    Bf_ptr, s_bfb, s_bfl, s_bfg, s_bfn,
+    Cf_ptr, s_cfb, s_cfl, s_cfg, s_cfn,
+    Br_ptr, s_brb, s_brl, s_brg, s_brn,
+    Cr_ptr, s_crb, s_crl, s_crg, s_crn,
+    dtf_ptr, s_dtfb, s_dtfl, s_dtfh,
+    dtr_ptr, s_dtrb, s_dtrl, s_dtrh,
+    Af_ptr, Ar_ptr, bias_ptr, D_ptr, seq_ptr,
+    statef_ptr, stater_ptr, adjf_ptr, adjr_ptr,
+    ddtf_ptr, ddtr_ptr,                        # (B, L, H) fp32
+    dBf_ptr, dBr_ptr, dCf_ptr, dCr_ptr,        # (B, L, H, N) fp32, per head
+    dAf_ptr, dAr_ptr,                          # (BH, nchunks) fp32
+    dD_ptr,                                    # (BH, nchunks, P) fp32
+    L_row, H, heads_per_group, P, N, nchunks,
+    HAS_F: tl.constexpr, HAS_R: tl.constexpr, DY_SHIFT_F: tl.constexpr,
+    DY_SHIFT_R: tl.constexpr, SHARE_DT: tl.constexpr, SHARE_B: tl.constexpr,
+    SHARE_C: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
+    D_PER_P: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr, MM_DTYPE: tl.constexpr, PREC: tl.constexpr,
+):
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    g = h // heads_per_group
+    start = pid_c * Q
+    end = tl.minimum(start + Q, L_row) - 1
+    i = tl.arange(0, Q)
+    pos = start + i
+    valid = pos < L_row
+    offs_p = tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    seq, seq_first, seq_last, seq_prev, seq_next = chunk_seq_ids(seq_ptr, pos, valid, start, end,
+                                                                 L_row, HAS_SEQ)
+    row0 = start.to(tl.int64)
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + h).to(tl.float32)
+    x = load_rows(x_ptr + b * s_xb + row0 * s_xl + h * s_xh, s_xl, s_xp, i, offs_p, P, L_row, pos,
+                  seq, seq_ptr, 0, HAS_SEQ)
+    dy_base = dy_ptr + b * s_dyb + row0 * s_dyl + h * s_dyh
+    chunk_idx = pid_bh.to(tl.int64) * nchunks + pid_c
+    state_off = chunk_idx * P * N
+    # states of the next chunk, for the boundary term of the log-decay gradient (the last chunk
+    # reads its own: no sequence continues past it, so the term is masked out)
+    next_off = (chunk_idx + (pid_c + 1 < nchunks).to(tl.int64)) * P * N
+    dtp_f, pre_f = load_dt(dtf_ptr + b * s_dtfb + row0 * s_dtfl + h * s_dtfh, s_dtfl, i, valid,
+                           bias, HAS_BIAS, SOFTPLUS)
+    if SHARE_DT:
+        dtp_r = dtp_f
+        pre_r = pre_f
+    else:
+        dtp_r, pre_r = load_dt(dtr_ptr + b * s_dtrb + row0 * s_dtrl + h * s_dtrh, s_dtrl, i, valid,
+                               bias, HAS_BIAS, SOFTPLUS)
+    dy_f = load_rows(dy_base, s_dyl, s_dyp, i, offs_p, P, L_row, pos, seq, seq_ptr, DY_SHIFT_F,
+                     HAS_SEQ)
+    if DY_SHIFT_R == DY_SHIFT_F:
+        dy_r = dy_f
+    else:
+        dy_r = load_rows(dy_base, s_dyl, s_dyp, i, offs_p, P, L_row, pos, seq, seq_ptr, DY_SHIFT_R,
+                         HAS_SEQ)
+    rows = b * L_row + pos  # token index in (B, L)
+    io_n = valid[:, None] & (offs_n[None, :] < N)
+    dBC_off = (rows[:, None] * H + h) * N + offs_n[None, :]
+
+    dx = tl.zeros((Q, BLOCK_P), dtype=tl.float32)
+    if HAS_F:
+        A_f = tl.load(Af_ptr + h).to(tl.float32)
+        Bm_f = load_rows(Bf_ptr + b * s_bfb + row0 * s_bfl + g * s_bfg, s_bfl, s_bfn, i, offs_n, N,
+                         L_row, pos, seq, seq_ptr, 0, HAS_SEQ)
+        Cm_f = load_rows(Cf_ptr + b * s_cfb + row0 * s_cfl + g * s_cfg, s_cfl, s_cfn, i, offs_n, N,
+                         L_row, pos, seq, seq_ptr, 0, HAS_SEQ)
+        CB_f = mm(Cm_f, tl.trans(Bm_f), MM_DTYPE, PREC)
+        DYX_f = mm(dy_f, tl.trans(x), MM_DTYPE, PREC)
+        H_in = load_state(statef_ptr + state_off, offs_p, offs_n, P, N)
+        G_in = load_state(adjf_ptr + state_off, offs_p, offs_n, P, N)
+        H_next = load_state(statef_ptr + next_off, offs_p, offs_n, P, N)
+        corr_f = tl.sum(tl.sum(G_in * H_next, 1), 0)
+        dx_f, ddtp_f, dB_f, dC_f, dA_f = _direction_grads(
+            x, dy_f, CB_f, DYX_f, dtp_f, dtp_f * A_f, A_f, Bm_f, Cm_f, H_in, G_in, corr_f, seq,
+            seq_prev, seq_next, seq_last, i, False, MM_DTYPE, PREC)
+        dx += dx_f
+        tl.store(dAf_ptr + chunk_idx, dA_f)
+    if HAS_R:
+        A_r = tl.load(Ar_ptr + h).to(tl.float32)
+        if SHARE_B:
+            Bm_r = Bm_f
+        else:
+            Bm_r = load_rows(Br_ptr + b * s_brb + row0 * s_brl + g * s_brg, s_brl, s_brn, i, offs_n,
+                             N, L_row, pos, seq, seq_ptr, 0, HAS_SEQ)
+        if SHARE_C:
+            Cm_r = Cm_f
+        else:
+            Cm_r = load_rows(Cr_ptr + b * s_crb + row0 * s_crl + g * s_crg, s_crl, s_crn, i, offs_n,
+                             N, L_row, pos, seq, seq_ptr, 0, HAS_SEQ)
+        if SHARE_B and SHARE_C:
+            CB_r = CB_f
+        else:
+            CB_r = mm(Cm_r, tl.trans(Bm_r), MM_DTYPE, PREC)
+        if HAS_F and (DY_SHIFT_R == DY_SHIFT_F):
+            DYX_r = DYX_f
+        else:
+            DYX_r = mm(dy_r, tl.trans(x), MM_DTYPE, PREC)
+        R_in = load_state(stater_ptr + state_off, offs_p, offs_n, P, N)
+        Q_in = load_state(adjr_ptr + state_off, offs_p, offs_n, P, N)
+        Q_next = load_state(adjr_ptr + next_off, offs_p, offs_n, P, N)
+        corr_r = tl.sum(tl.sum(Q_next * R_in, 1), 0)
+        dx_r, ddtp_r, dB_r, dC_r, dA_r = _direction_grads(
+            x, dy_r, CB_r, DYX_r, dtp_r, dtp_r * A_r, A_r, Bm_r, Cm_r, R_in, Q_in, corr_r, seq,
+            seq_prev, seq_next, seq_last, i, True, MM_DTYPE, PREC)
+        dx += dx_r
+        tl.store(dAr_ptr + chunk_idx, dA_r)
+
+    # dt (through bias and softplus), B and C: a shared tensor gets the sum of both directions
+    if HAS_F:
+        if HAS_R and SHARE_DT:
+            ddtp_f += ddtp_r
+        if SOFTPLUS:
+            ddtp_f = ddtp_f * tl.sigmoid(pre_f)
+        tl.store(ddtf_ptr + rows * H + h, ddtp_f, mask=valid)
+        if HAS_R and SHARE_B:
+            dB_f += dB_r
+        tl.store(dBf_ptr + dBC_off, dB_f, mask=io_n)
+        if HAS_R and SHARE_C:
+            dC_f += dC_r
+        tl.store(dCf_ptr + dBC_off, dC_f, mask=io_n)
+    if HAS_R:
+        if not (HAS_F and SHARE_DT):
+            if SOFTPLUS:
+                ddtp_r = ddtp_r * tl.sigmoid(pre_r)
+            tl.store(ddtr_ptr + rows * H + h, ddtp_r, mask=valid)
+        if not (HAS_F and SHARE_B):
+            tl.store(dBr_ptr + dBC_off, dB_r, mask=io_n)
+        if not (HAS_F and SHARE_C):
+            tl.store(dCr_ptr + dBC_off, dC_r, mask=io_n)
+
+    dy0 = load_rows(dy_base, s_dyl, s_dyp, i, offs_p, P, L_row, pos, seq, seq_ptr, 0, HAS_SEQ)
+    if HAS_D:
+        if D_PER_P:
+            Dv = tl.load(D_ptr + h * P + offs_p, mask=offs_p < P, other=0.0).to(tl.float32)
+            dx += dy0 * Dv[None, :]
+        else:
+            dx += dy0 * tl.load(D_ptr + h).to(tl.float32)
+        tl.store(dD_ptr + chunk_idx * P + offs_p, tl.sum(dy0 * x, 0), mask=offs_p < P)
+    tl.store(dx_ptr + b * s_dxb + row0 * s_dxl + h * s_dxh + i[:, None] * s_dxl
+             + offs_p[None, :] * s_dxp, dx.to(dx_ptr.dtype.element_ty),
+             mask=valid[:, None] & (offs_p[None, :] < P))

@@ -1,0 +1,119 @@
+"""Chunk-local states of both scan directions from one read of the chunk.
+
+For every (chunk, batch*head) program, with u a (Q, P) tile and v a (Q, N) tile:
+
+* forward pass (ADJOINT=False), u = dt' x, v = B:
+    forward  state at the chunk's last token   S_f = sum_s exp(L_end - L_s)  u_s (x) v_s
+    reverse  state at the chunk's first token  S_r = sum_s exp(Lex_s)        u_s (x) v_s
+* adjoint pass (ADJOINT=True), u = dy' (dy shifted by SHIFT_F / SHIFT_R), v = C:
+    forward-direction adjoint, passed leftwards  S_f = sum_t exp(L_t)          u_t (x) v_t
+    reverse-direction adjoint, passed rightwards S_r = sum_t exp(L_end - Lex_t) u_t (x) v_t
+
+Only tokens of the sequence that owns the chunk's edge (last token when passing rightwards,
+first token when passing leftwards) contribute. Each program also writes the carry factor of
+its chunk: exp(L_end) when the sequence entering from the neighbour runs through the whole
+chunk, else 0 (state_passing.py combines states with it).
+"""
+
+import triton
+import triton.language as tl
+
+from .common import chunk_seq_ids, load_dt, load_rows, mm
+
+
+@triton.jit
+def _local_state(u, v, lam, seq, seq_first, seq_last, seq_prev, seq_next,
+                 TO_RIGHT: tl.constexpr, K_EXCL: tl.constexpr, MM_DTYPE: tl.constexpr,
+                 PREC: tl.constexpr):
+    L = tl.cumsum(lam, 0)
+    if K_EXCL:
+        K = L - lam
+    else:
+        K = L
+    L_end = tl.sum(lam, 0)
+    if TO_RIGHT:
+        w = tl.where(seq == seq_last, tl.exp(L_end - K), 0.0)
+        carry = tl.where(seq_prev == seq_last, tl.exp(L_end), 0.0)
+    else:
+        w = tl.where(seq == seq_first, tl.exp(K), 0.0)
+        carry = tl.where(seq_next == seq_first, tl.exp(L_end), 0.0)
+    state = mm(tl.trans(u * w[:, None]), v, MM_DTYPE, PREC)  # (P, N)
+    return state, carry
+
+
+@triton.jit
+def chunk_state_kernel(
+    u_ptr, s_ub, s_ul, s_uh, s_up,
+    vf_ptr, s_vfb, s_vfl, s_vfg, s_vfn,
+    vr_ptr, s_vrb, s_vrl, s_vrg, s_vrn,
+    dtf_ptr, s_dtfb, s_dtfl, s_dtfh,
+    dtr_ptr, s_dtrb, s_dtrl, s_dtrh,
+    Af_ptr, Ar_ptr, bias_ptr, seq_ptr,
+    statef_ptr, stater_ptr, carryf_ptr, carryr_ptr,
+    L_row, H, heads_per_group, P, N, nchunks,
+    HAS_F: tl.constexpr, HAS_R: tl.constexpr, ADJOINT: tl.constexpr,
+    SHIFT_F: tl.constexpr, SHIFT_R: tl.constexpr, SHARE_DT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr,
+    Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    MM_DTYPE: tl.constexpr, PREC: tl.constexpr,
+):
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    g = h // heads_per_group
+    start = pid_c * Q
+    end = tl.minimum(start + Q, L_row) - 1
+    i = tl.arange(0, Q)
+    pos = start + i
+    valid = pos < L_row
+    offs_p = tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    seq, seq_first, seq_last, seq_prev, seq_next = chunk_seq_ids(seq_ptr, pos, valid, start, end,
+                                                                 L_row, HAS_SEQ)
+    row0 = start.to(tl.int64)
+    u_base = u_ptr + b * s_ub + row0 * s_ul + h * s_uh
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + h).to(tl.float32)
+    out_off = pid_bh.to(tl.int64) * nchunks + pid_c
+    state_off = out_off * P * N + offs_p[:, None] * N + offs_n[None, :]
+    state_mask = (offs_p[:, None] < P) & (offs_n[None, :] < N)
+
+    dtp_f, _ = load_dt(dtf_ptr + b * s_dtfb + row0 * s_dtfl + h * s_dtfh, s_dtfl, i, valid, bias,
+                       HAS_BIAS, SOFTPLUS)
+    if SHARE_DT:
+        dtp_r = dtp_f
+    else:
+        dtp_r, _ = load_dt(dtr_ptr + b * s_dtrb + row0 * s_dtrl + h * s_dtrh, s_dtrl, i, valid,
+                           bias, HAS_BIAS, SOFTPLUS)
+    u_f = load_rows(u_base, s_ul, s_up, i, offs_p, P, L_row, pos, seq, seq_ptr, SHIFT_F, HAS_SEQ)
+    if SHIFT_R == SHIFT_F:
+        u_r = u_f
+    else:
+        u_r = load_rows(u_base, s_ul, s_up, i, offs_p, P, L_row, pos, seq, seq_ptr, SHIFT_R, HAS_SEQ)
+
+    if HAS_F:
+        A_f = tl.load(Af_ptr + h).to(tl.float32)
+        v = load_rows(vf_ptr + b * s_vfb + row0 * s_vfl + g * s_vfg, s_vfl, s_vfn, i, offs_n, N,
+                      L_row, pos, seq, seq_ptr, 0, HAS_SEQ)
+        if ADJOINT:
+            uf = u_f
+        else:
+            uf = u_f * dtp_f[:, None]
+        state, carry = _local_state(uf, v, dtp_f * A_f, seq, seq_first, seq_last, seq_prev,
+                                    seq_next, not ADJOINT, False, MM_DTYPE, PREC)
+        tl.store(statef_ptr + state_off, state, mask=state_mask)
+        tl.store(carryf_ptr + out_off, carry)
+    if HAS_R:
+        A_r = tl.load(Ar_ptr + h).to(tl.float32)
+        v = load_rows(vr_ptr + b * s_vrb + row0 * s_vrl + g * s_vrg, s_vrl, s_vrn, i, offs_n, N,
+                      L_row, pos, seq, seq_ptr, 0, HAS_SEQ)
+        if ADJOINT:
+            ur = u_r
+        else:
+            ur = u_r * dtp_r[:, None]
+        state, carry = _local_state(ur, v, dtp_r * A_r, seq, seq_first, seq_last, seq_prev,
+                                    seq_next, ADJOINT, True, MM_DTYPE, PREC)
+        tl.store(stater_ptr + state_off, state, mask=state_mask)
+        tl.store(carryr_ptr + out_off, carry)

@@ -1,0 +1,86 @@
+"""@triton.jit helpers shared by the chunked bidirectional scan kernels.
+
+Notation (one head, one chunk of Q tokens, DESIGN.md Op 1):
+    dt'_t  effective step (bias, softplus), 0 outside the row
+    lam_t  = dt'_t A               log-decay of token t (<= 0)
+    L_t    = sum_{u<=t} lam_u      chunk-local inclusive cumulative log-decay
+    Lex_t  = L_t - lam_t           chunk-local exclusive cumulative log-decay
+    L_end  = sum over the chunk
+Forward direction:  weight of token s in h_t is exp(L_t - L_s)       (s <= t)
+Reverse direction:  weight of token s in r_t is exp(Lex_s - Lex_t)   (s >= t)
+
+Sequences (cu_seqlens) are handled with per-token sequence ids ``seq``: two tokens interact only
+when their ids are equal; states entering a chunk belong to the token just outside it.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def softplus(v):
+    """softplus as torch computes it (threshold 20), accurate for very negative v."""
+    e = tl.exp(-tl.abs(v))
+    log1p_e = tl.where(e < 1e-4, e * (1.0 - 0.5 * e), tl.log(1.0 + e))
+    return tl.where(v > 20.0, v, tl.maximum(v, 0.0) + log1p_e)
+
+
+@triton.jit
+def load_dt(dt_base, stride_l, i, valid, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Returns (dt', pre) for one chunk: pre = dt + bias (the softplus argument), dt' = 0
+    outside the row."""
+    pre = tl.load(dt_base + i * stride_l, mask=valid, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        pre = pre + bias
+    if SOFTPLUS:
+        dtp = softplus(pre)
+    else:
+        dtp = pre
+    return tl.where(valid, dtp, 0.0), pre
+
+
+@triton.jit
+def load_rows(base, stride_l, stride_d, i, offs_d, D_SIZE, L_row, pos, seq, seq_ptr,
+              SHIFT: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """(Q, BLOCK_D) fp32 tile of rows t + SHIFT (SHIFT in {-1, 0, 1}) of a chunk; a row is 0
+    where t + SHIFT leaves the row or the sequence of t."""
+    src = pos + SHIFT
+    ok = (pos < L_row) & (src >= 0) & (src < L_row)
+    if SHIFT != 0:
+        if HAS_SEQ:
+            seq_src = tl.load(seq_ptr + src, mask=ok, other=-5)
+            ok = ok & (seq_src == seq)
+    ptrs = base + (i + SHIFT)[:, None] * stride_l + offs_d[None, :] * stride_d
+    return tl.load(ptrs, mask=ok[:, None] & (offs_d[None, :] < D_SIZE), other=0.0).to(tl.float32)
+
+
+@triton.jit
+def chunk_seq_ids(seq_ptr, pos, valid, start, end, L_row, HAS_SEQ: tl.constexpr):
+    """Sequence ids of the chunk's tokens (-1 outside the row) and of the tokens at the chunk's
+    edges: first, last, the one before (-2 if none) and the one after (-3 if none)."""
+    if HAS_SEQ:
+        seq = tl.load(seq_ptr + pos, mask=valid, other=-1)
+        seq_first = tl.load(seq_ptr + start)
+        seq_last = tl.load(seq_ptr + end)
+        seq_prev = tl.load(seq_ptr + start - 1, mask=start > 0, other=-2)
+        seq_next = tl.load(seq_ptr + end + 1, mask=end + 1 < L_row, other=-3)
+    else:
+        seq = tl.where(valid, 0, -1)
+        seq_first = start * 0
+        seq_last = start * 0
+        seq_prev = tl.where(start > 0, 0, -2)
+        seq_next = tl.where(end + 1 < L_row, 0, -3)
+    return seq, seq_first, seq_last, seq_prev, seq_next
+
+
+@triton.jit
+def mm(a, b, MM_DTYPE: tl.constexpr, PREC: tl.constexpr):
+    """a @ b with fp32 accumulation; operands cast to MM_DTYPE (the input dtype on GPU)."""
+    return tl.dot(a.to(MM_DTYPE), b.to(MM_DTYPE), input_precision=PREC, out_dtype=tl.float32)
+
+
+@triton.jit
+def load_state(ptr, offs_p, offs_n, P, N):
+    """(BLOCK_P, BLOCK_N) tile of a contiguous (P, N) fp32 state."""
+    return tl.load(ptr + offs_p[:, None] * N + offs_n[None, :],
+                   mask=(offs_p[:, None] < P) & (offs_n[None, :] < N), other=0.0)

@@ -1,0 +1,68 @@
+"""The "triton" backend of the scans: maps ScanArgs onto mmhnet.kernels.scan."""
+
+import torch
+
+from mmhnet.kernels.scan import Direction, scan_bwd, scan_fwd
+
+from ._backend import BackendUnavailableError
+from .scan import BOTH, FORWARD, ScanGrads
+
+# Chunk length of the kernels; tests lower it to cover many chunks with short sequences.
+CHUNK_SIZE = 64
+
+
+def _check_dtypes(a):
+    for name in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "dt_rev", "A_rev", "B_rev", "C_rev"):
+        t = getattr(a, name)
+        if t is not None and t.dtype == torch.float64:
+            raise BackendUnavailableError(
+                f"backend 'triton' computes in float32 and takes float32, float16 or bfloat16; "
+                f"{name} is float64 (use backend='reference' or 'cpu' for float64)")
+
+
+def _directions(a):
+    main = Direction(a.dt, a.A, a.B, a.C)
+    if a.directions == FORWARD:
+        return main, None
+    if a.directions != BOTH:
+        return None, main
+    # the same tensor object where the reverse direction shares a parameter
+    rev = Direction(a.dt if a.dt_rev is None else a.dt_rev, a.A if a.A_rev is None else a.A_rev,
+                    a.B if a.B_rev is None else a.B_rev, a.C if a.C_rev is None else a.C_rev)
+    return main, rev
+
+
+def _seq_idx(cu_seqlens, total):
+    """Sequence index of every packed token, on device and without a host sync."""
+    if cu_seqlens is None:
+        return None
+    pos = torch.arange(total, device=cu_seqlens.device, dtype=torch.int32)
+    return torch.searchsorted(cu_seqlens[1:].contiguous(), pos, right=True).to(torch.int32)
+
+
+def forward(a):
+    _check_dtypes(a)
+    fwd, rev = _directions(a)
+    return scan_fwd(a.x, fwd, rev, a.D, a.z, a.dt_bias, _seq_idx(a.cu_seqlens, a.x.shape[1]),
+                    a.dt_softplus, a.quasi, CHUNK_SIZE)
+
+
+def backward(dy, a):
+    _check_dtypes(a)
+    fwd, rev = _directions(a)
+    g = scan_bwd(dy, a.x, fwd, rev, a.D, a.z, a.dt_bias, _seq_idx(a.cu_seqlens, a.x.shape[1]),
+                 a.dt_softplus, a.quasi, CHUNK_SIZE)
+    main = g.fwd if g.fwd is not None else g.rev
+    ddt_rev = dA_rev = dB_rev = dC_rev = None
+    dA = main.dA
+    if a.directions == BOTH:
+        r = g.rev
+        ddt_rev = r.ddt if a.dt_rev is not None else None
+        dB_rev = r.dB if a.B_rev is not None else None
+        dC_rev = r.dC if a.C_rev is not None else None
+        if a.A_rev is None:
+            dA = dA + r.dA
+        else:
+            dA_rev = r.dA
+    return ScanGrads(g.dx, main.ddt, dA, main.dB, main.dC, g.dD, g.dz, g.ddt_bias,
+                     ddt_rev, dA_rev, dB_rev, dC_rev)
