@@ -98,3 +98,30 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # The device the Triton backend runs on here: the GPU where there is one, else the CPU through
 # the interpreter (set by conftest.py).
 TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+def check_scan_against_reference(op_name, args, *, backend, dtype, device, tol=None, **op_kwargs):
+    """Run mmhnet.ops.<op_name> on ``args`` cast to dtype/device with ``backend`` and compare the
+    output and every gradient (scalar loss sum(y * dy), dy random) with the float64 sequential
+    reference evaluated on the same (rounded) inputs."""
+    import mmhnet.ops as ops
+    from mmhnet.ops import reference as R
+
+    ref_fn = {"selective_scan": R.selective_scan_sequential,
+              "bi_selective_scan": R.bi_selective_scan_sequential}[op_name]
+    low = clone_inputs(args, dtype=dtype, device=device)
+    ref = clone_inputs(low, dtype=torch.float64, device="cpu")
+    cu = op_kwargs.get("cu_seqlens")
+    ref_kwargs = dict(op_kwargs, cu_seqlens=None if cu is None else cu.cpu())
+    y_ref = ref_fn(**ref, **ref_kwargs)
+    dy = torch.randn_like(y_ref)
+    g_ref = grads_of(y_ref, ref, dy)
+    y = getattr(ops, op_name)(**low, backend=backend, **op_kwargs)
+    assert y.dtype == low["x"].dtype and y.device == low["x"].device
+    g = grads_of(y, low, dy.to(dtype=dtype, device=device))
+    tol = TOL[dtype] if tol is None else tol
+    assert_close_rel(y.cpu(), y_ref, tol, f"{op_name}[{backend}] y")
+    for k in g_ref:
+        assert g[k] is not None, f"no gradient for {k}"
+        assert g[k].dtype == low[k].dtype, f"grad {k} dtype {g[k].dtype} != {low[k].dtype}"
+        assert_close_rel(g[k].cpu(), g_ref[k], tol, f"{op_name}[{backend}] d{k}")

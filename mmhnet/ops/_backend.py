@@ -10,6 +10,8 @@ import functools
 import importlib
 import os
 
+import torch
+
 from ._checks import check_choice
 
 BACKENDS = ("reference", "triton", "cpu", "cuda")
@@ -50,8 +52,11 @@ def _native_has(module_name, symbol):
     return mod is not None and hasattr(mod, symbol)
 
 
+@torch.compiler.assume_constant_result
 def resolve_backend(backend, device, op, native_symbol=None, backends=BACKENDS):
     """Pick and validate the backend for one call of ``op`` on tensors on ``device``.
+
+    Under torch.compile the choice is made once, at trace time, and baked into the graph.
 
     native_symbol: the function the op needs in mmhnet._C / mmhnet._C_cuda (None: the op has
     no native implementation). backends: the backends this op implements.

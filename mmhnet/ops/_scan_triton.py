@@ -5,7 +5,7 @@ import torch
 from mmhnet.kernels.scan import Direction, scan_bwd, scan_fwd
 
 from ._backend import BackendUnavailableError
-from .scan import BOTH, FORWARD, ScanGrads
+from ._scan_args import BOTH, FORWARD, ScanGrads
 
 # Chunk length of the kernels; tests lower it to cover many chunks with short sequences.
 CHUNK_SIZE = 64

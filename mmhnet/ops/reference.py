@@ -227,3 +227,4 @@ def bi_selective_scan_chunked(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_s
         x, dtr, A if A_rev is None else A_rev, B if B_rev is None else B_rev,
         C if C_rev is None else C_rev, True, cu_seqlens, chunk_size)
     return _finish(_combine_bi(yf, yr, mode, cu_seqlens), x, D, z, cd)
+from .reference_routing import *  # noqa: F401,F403

@@ -2,75 +2,41 @@
 
 Both lower to one custom op, ``mmhnet::bi_scan``, whose backward is ``mmhnet::bi_scan_bwd``;
 both are registered with torch.library (custom_op + register_fake + register_autograd), so they
-work under torch.compile(fullgraph=True). Backends implement two functions,
-``forward(args) -> y`` and ``backward(dy, args) -> ScanGrads`` (see ``_scan_*.py``).
+work under torch.compile(fullgraph=True). Kernel backends implement two functions,
+``forward(args) -> y`` and ``backward(dy, args) -> ScanGrads`` (``_scan_triton.py``,
+``_scan_native.py``). The "reference" backend is plain torch (``_scan_reference.py``): autograd
+differentiates it directly, without the custom op.
 """
 
 import importlib
-from typing import NamedTuple, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
+from . import _scan_reference
 from ._backend import resolve_backend
 from ._checks import (check_choice, check_cu_seqlens_meta, check_cu_seqlens_values,
                       check_same_device, check_tensor)
+from ._scan_args import BOTH, FORWARD, MODES, REVERSE, ScanArgs, ScanGrads
 
 __all__ = ["selective_scan", "bi_selective_scan", "ScanArgs", "ScanGrads"]
 
-# directions of mmhnet::bi_scan
-FORWARD, REVERSE, BOTH = 1, 2, 3
-MODES = ("sum", "quasiseparable")
-
 # The native symbol a backend module must export to serve the scans.
 NATIVE_SYMBOL = "bi_scan_fwd"
-
-
-class ScanArgs(NamedTuple):
-    """Everything one scan call needs; None marks an absent optional input.
-
-    A reverse-direction parameter that is None means "same as the forward one".
-    directions: FORWARD (1), REVERSE (2) or BOTH (3). quasi: Hydra's shifted combination.
-    """
-    x: torch.Tensor
-    dt: torch.Tensor
-    A: torch.Tensor
-    B: torch.Tensor
-    C: torch.Tensor
-    D: Optional[torch.Tensor]
-    z: Optional[torch.Tensor]
-    dt_bias: Optional[torch.Tensor]
-    dt_rev: Optional[torch.Tensor]
-    A_rev: Optional[torch.Tensor]
-    B_rev: Optional[torch.Tensor]
-    C_rev: Optional[torch.Tensor]
-    cu_seqlens: Optional[torch.Tensor]
-    dt_softplus: bool
-    directions: int
-    quasi: bool
-
-
-class ScanGrads(NamedTuple):
-    """Gradients for the tensor inputs of ScanArgs (None where the input is absent)."""
-    dx: torch.Tensor
-    ddt: torch.Tensor
-    dA: torch.Tensor
-    dB: torch.Tensor
-    dC: torch.Tensor
-    dD: Optional[torch.Tensor]
-    dz: Optional[torch.Tensor]
-    ddt_bias: Optional[torch.Tensor]
-    ddt_rev: Optional[torch.Tensor]
-    dA_rev: Optional[torch.Tensor]
-    dB_rev: Optional[torch.Tensor]
-    dC_rev: Optional[torch.Tensor]
-
 
 _GRAD_INPUTS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "dt_rev", "A_rev", "B_rev", "C_rev")
 
 
 def _impl(backend):
-    module = "native" if backend in ("cpu", "cuda") else backend
-    return importlib.import_module(f"mmhnet.ops._scan_{module}")
+    """The kernel backend's module (imported on first use: triton is imported only if needed)."""
+    if backend not in _BACKEND_MODULES:
+        raise ValueError(f"mmhnet::bi_scan serves the kernel backends {tuple(_BACKEND_MODULES)}, "
+                         f"got {backend!r}; the 'reference' backend is plain torch "
+                         f"(call mmhnet.ops.bi_selective_scan)")
+    return importlib.import_module("mmhnet.ops._scan_" + _BACKEND_MODULES[backend])
+
+
+_BACKEND_MODULES = {"triton": "triton", "cpu": "native", "cuda": "native"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,9 +95,9 @@ def selective_scan(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=
     """
     _check_scan_args(x, dt, A, B, C, D, z, dt_bias, cu_seqlens)
     be = resolve_backend(backend, x.device, "selective_scan", NATIVE_SYMBOL)
-    return torch.ops.mmhnet.bi_scan(
-        x, dt, A, B, C, D, z, dt_bias, None, None, None, None, _as_int32(cu_seqlens),
-        bool(dt_softplus), REVERSE if reverse else FORWARD, False, be)
+    return _run(be, ScanArgs(x, dt, A, B, C, D, z, dt_bias, None, None, None, None,
+                             _as_int32(cu_seqlens), bool(dt_softplus),
+                             REVERSE if reverse else FORWARD, False))
 
 
 def bi_selective_scan(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False,
@@ -148,9 +114,18 @@ def bi_selective_scan(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softpl
     check_choice("mode", mode, MODES)
     _check_scan_args(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, rev=(dt_rev, A_rev, B_rev, C_rev))
     be = resolve_backend(backend, x.device, "bi_selective_scan", NATIVE_SYMBOL)
-    return torch.ops.mmhnet.bi_scan(
-        x, dt, A, B, C, D, z, dt_bias, dt_rev, A_rev, B_rev, C_rev, _as_int32(cu_seqlens),
-        bool(dt_softplus), BOTH, mode == "quasiseparable", be)
+    return _run(be, ScanArgs(x, dt, A, B, C, D, z, dt_bias, dt_rev, A_rev, B_rev, C_rev,
+                             _as_int32(cu_seqlens), bool(dt_softplus), BOTH,
+                             mode == "quasiseparable"))
+
+
+def _run(backend, args):
+    """The reference backend is plain differentiable torch (autograd records it directly);
+    every other backend goes through the registered custom op."""
+    if backend == "reference":
+        check_cu_seqlens_values(args.cu_seqlens, args.x.shape[1])
+        return _scan_reference.forward(args)
+    return torch.ops.mmhnet.bi_scan(*args, backend)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,149 @@
+"""Public scan API: argument errors, backend selection, torch.compile, edge sizes."""
+
+import pytest
+import torch
+
+import mmhnet.ops as ops
+from helpers import TOL, TRITON_DEVICE, assert_close_rel, make_scan_inputs, random_cu_seqlens
+from mmhnet.ops import BackendUnavailableError
+from mmhnet.ops import reference as R
+
+
+def _args(**kw):
+    a = make_scan_inputs(2, 9, 4, 3, 2, 5, **kw)
+    a.pop("dt_softplus")
+    return a
+
+
+def _call(op="bi_selective_scan", backend="reference", **over):
+    a = _args()
+    a.update(over)
+    return getattr(ops, op)(**a, backend=backend)
+
+
+BAD = [
+    ("x rank", dict(x=torch.randn(2, 9, 12)), ValueError, "x must have 4 dimensions"),
+    ("dt rank", dict(dt=torch.randn(2, 9)), ValueError, "dt must have shape (2, 9, 4)"),
+    ("dt length", dict(dt=torch.randn(2, 10, 4)), ValueError, "dt must have shape (2, 9, 4)"),
+    ("B length", dict(B=torch.randn(2, 8, 2, 5)), ValueError, "B must have shape (2, 9, 2, 5)"),
+    ("C dstate", dict(C=torch.randn(2, 9, 2, 6)), ValueError, "C must have shape (2, 9, 2, 5)"),
+    ("A shape", dict(A=torch.randn(3)), ValueError, "A must have shape (4,)"),
+    ("groups", dict(B=torch.randn(2, 9, 3, 5), C=torch.randn(2, 9, 3, 5)), ValueError,
+     "nheads (4, from x) must be divisible by ngroups (3, from B)"),
+    ("D shape", dict(D=torch.randn(4, 2)), ValueError, "D must have shape (4,) or (4, 3)"),
+    ("z shape", dict(z=torch.randn(2, 9, 4, 2)), ValueError, "z must have shape (2, 9, 4, 3)"),
+    ("dt_bias shape", dict(dt_bias=torch.randn(5)), ValueError, "dt_bias must have shape (4,)"),
+    ("int x", dict(x=torch.ones(2, 9, 4, 3, dtype=torch.int32)), TypeError, "x must have a floating"),
+    ("int dt", dict(dt=torch.ones(2, 9, 4, dtype=torch.int64)), TypeError, "dt must have a floating"),
+    ("not a tensor", dict(A=[1.0, 2.0, 3.0, 4.0]), TypeError, "A must be a torch.Tensor"),
+    ("device", dict(A=torch.randn(4, device="meta")), ValueError, "A is on meta but x is on cpu"),
+    ("cu batch", dict(cu_seqlens=torch.tensor([0, 9], dtype=torch.int32)), ValueError,
+     "batch must be 1"),
+    ("cu dtype", dict(cu_seqlens=torch.tensor([0.0, 9.0])), TypeError, "cu_seqlens must have"),
+    ("B_rev shape", dict(B_rev=torch.randn(2, 9, 2, 4)), ValueError, "B_rev must have shape"),
+    ("dt_rev length", dict(dt_rev=torch.randn(2, 8, 4)), ValueError, "dt_rev must have shape"),
+]
+
+
+@pytest.mark.parametrize("name,over,exc,msg", BAD, ids=[b[0] for b in BAD])
+def test_bad_arguments(name, over, exc, msg):
+    with pytest.raises(exc, match=_re(msg)):
+        _call(**over)
+
+
+def _re(msg):
+    import re
+
+    return re.escape(msg)
+
+
+@pytest.mark.parametrize("cu,msg", [
+    ([1, 4, 9], "cu_seqlens must start at 0"),
+    ([0, 5, 3, 9], "cu_seqlens must not decrease"),
+    ([0, 4, 8], "cu_seqlens must end at the total length 9"),
+])
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_bad_cu_seqlens_values(cu, msg, backend):
+    a = make_scan_inputs(1, 9, 2, 4, 1, 8, device=TRITON_DEVICE)
+    with pytest.raises(ValueError, match=_re(msg)):
+        ops.bi_selective_scan(**a, cu_seqlens=torch.tensor(cu, dtype=torch.int32,
+                                                           device=TRITON_DEVICE), backend=backend)
+
+
+def test_unknown_mode_and_backend():
+    with pytest.raises(ValueError, match="mode must be one of 'sum', 'quasiseparable'"):
+        _call(mode="hydra")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        _call(backend="tpu")
+
+
+def test_backend_env_override(monkeypatch):
+    a = _args()
+    monkeypatch.setenv("MMHNET_BACKEND", "nope")
+    with pytest.raises(ValueError, match="MMHNET_BACKEND must be one of"):
+        ops.selective_scan(**a)
+    monkeypatch.setenv("MMHNET_BACKEND", "reference")
+    y = ops.selective_scan(**a)
+    assert_close_rel(y, R.selective_scan_sequential(**a), TOL[torch.float32], "env reference")
+
+
+def test_unavailable_backend_is_an_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    a = _args()
+    with pytest.raises(BackendUnavailableError, match="backend 'triton' needs CUDA tensors"):
+        ops.bi_selective_scan(**a, backend="triton")
+    with pytest.raises(BackendUnavailableError, match="backend 'cuda' needs CUDA tensors"):
+        ops.bi_selective_scan(**a, backend="cuda")
+
+
+def test_triton_rejects_float64():
+    a = make_scan_inputs(1, 5, 2, 4, 1, 8, dtype=torch.float64, device=TRITON_DEVICE)
+    with pytest.raises(BackendUnavailableError, match="x is float64"):
+        ops.bi_selective_scan(**a, backend="triton")
+
+
+def test_default_backend_on_cpu():
+    from mmhnet.ops._backend import native_module
+
+    be = ops.resolve_backend(None, torch.device("cpu"), "t", "bi_scan_fwd")
+    has_native = native_module("_C") is not None and hasattr(native_module("_C"), "bi_scan_fwd")
+    assert be == ("cpu" if has_native else "reference")
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_empty_sequence(backend):
+    a = make_scan_inputs(2, 0, 2, 4, 1, 8, D="h", z=True, device=TRITON_DEVICE)
+    for k in ("x", "dt", "B", "C", "z"):
+        a[k].requires_grad_(True)
+    y = ops.bi_selective_scan(**a, backend=backend)
+    assert y.shape == a["x"].shape
+    y.sum().backward()
+    assert a["x"].grad.shape == a["x"].shape
+
+
+@pytest.mark.parametrize("backend,packed", [("reference", False), ("triton", True),
+                                            ("triton", False)])
+def test_torch_compile_fullgraph(backend, packed):
+    """The op compiles without graph breaks, forward and backward, and matches eager. (The
+    reference backend is plain torch: with cu_seqlens it reads offsets on the host, so it is
+    compiled without them.)"""
+    a = make_scan_inputs(1, 12, 2, 4, 1, 8, D="h", z=True, dt_bias=True, device=TRITON_DEVICE)
+    cu = random_cu_seqlens([5, 7], TRITON_DEVICE) if packed else None
+    grad_keys = ("x", "dt", "B", "C")
+    for k in grad_keys:
+        a[k].requires_grad_(True)
+    keys = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")
+
+    def f(x, dt, A, B, C, D, z, dt_bias):
+        return ops.bi_selective_scan(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=True,
+                                     mode="quasiseparable", cu_seqlens=cu,
+                                     backend=backend).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    compiled(*(a[k] for k in keys)).backward()
+    grads = [a[k].grad.clone() for k in grad_keys]
+    for k in grad_keys:
+        a[k].grad = None
+    f(*(a[k] for k in keys)).backward()
+    for k, g in zip(grad_keys, grads):
+        assert_close_rel(g, a[k].grad, 1e-5, f"compiled d{k}")

@@ -1,0 +1,117 @@
+"""The Triton backend of the scans against the float64 sequential reference: forward and every
+gradient. Without a GPU it runs under TRITON_INTERPRET=1 on CPU tensors, with a 16-token chunk
+so that short sequences span several chunks; on a GPU it also runs bf16 and large shapes."""
+
+import pytest
+import torch
+
+import mmhnet.ops._scan_triton as scan_triton
+from helpers import (HAS_CUDA, TOL, TRITON_DEVICE, assert_close_rel, check_scan_against_reference,
+                     clone_inputs, make_scan_inputs, random_cu_seqlens)
+
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if HAS_CUDA else [])
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(scan_triton, "CHUNK_SIZE", 16)
+
+
+# (seqlen or packed lengths, nheads, headdim, ngroups, dstate, options)
+BI_CASES = [
+    ("len1", 1, 2, 4, 1, 8, dict()),
+    ("len2_D_h", 2, 2, 4, 1, 8, dict(D="h")),
+    ("odd_all_options", 37, 4, 8, 2, 16, dict(D="hp", z=True, dt_bias=True)),
+    ("multi_chunk_rev_all", 50, 4, 8, 2, 16, dict(D="h", rev=("dt", "A", "B", "C"))),
+    ("rev_dt_B_no_softplus", 33, 2, 5, 1, 6, dict(rev=("dt", "B"), softplus=False, z=True)),
+    ("rev_A_C_bias", 29, 4, 8, 4, 16, dict(rev=("A", "C"), dt_bias=True)),
+    ("exact_chunks", 32, 2, 8, 1, 16, dict(D="hp")),
+    ("packed", [1, 17, 1, 2, 21], 4, 8, 2, 16, dict(D="h", z=True, dt_bias=True)),
+    ("packed_rev_params", [5, 0, 16, 1], 2, 4, 1, 8, dict(rev=("dt", "A", "B", "C"), D="hp")),
+]
+
+
+def _inputs(case, dtype=torch.float64):
+    _, lengths, h, p, g, n, opt = case
+    packed = isinstance(lengths, list)
+    L = sum(lengths) if packed else lengths
+    args = make_scan_inputs(1 if packed else 2, L, h, p, g, n, dtype=dtype, D=opt.get("D"),
+                            z=opt.get("z", False), dt_bias=opt.get("dt_bias", False),
+                            rev=opt.get("rev", ()), dt_softplus=opt.get("softplus", True))
+    cu = random_cu_seqlens(lengths, TRITON_DEVICE) if packed else None
+    return args, cu
+
+
+@pytest.mark.parametrize("case", BI_CASES, ids=[c[0] for c in BI_CASES])
+@pytest.mark.parametrize("mode", ["sum", "quasiseparable"])
+def test_bi_selective_scan_fp32(case, mode):
+    args, cu = _inputs(case)
+    check_scan_against_reference("bi_selective_scan", args, backend="triton", dtype=torch.float32,
+                                 device=TRITON_DEVICE, mode=mode, cu_seqlens=cu)
+
+
+SINGLE_CASES = [BI_CASES[0], BI_CASES[2], BI_CASES[4], BI_CASES[7]]
+
+
+@pytest.mark.parametrize("case", SINGLE_CASES, ids=[c[0] for c in SINGLE_CASES])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_selective_scan_fp32(case, reverse):
+    args, cu = _inputs(case)
+    args = {k: v for k, v in args.items() if not k.endswith("_rev")}
+    check_scan_against_reference("selective_scan", args, backend="triton", dtype=torch.float32,
+                                 device=TRITON_DEVICE, reverse=reverse, cu_seqlens=cu)
+
+
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d != torch.float32])
+@pytest.mark.parametrize("mode", ["sum", "quasiseparable"])
+def test_half_precision(dtype, mode):
+    args, cu = _inputs(("packed", [3, 30, 14], 4, 8, 2, 16, dict(D="h", z=True, dt_bias=True)))
+    check_scan_against_reference("bi_selective_scan", args, backend="triton", dtype=dtype,
+                                 device=TRITON_DEVICE, mode=mode, cu_seqlens=cu)
+
+
+def test_strided_inputs():
+    """x, z, dt, B, C as views into one projection output, as a Mamba2 layer produces them."""
+    import mmhnet.ops as ops
+    from mmhnet.ops import reference as R
+
+    b, L, h, p, g, n = 2, 21, 2, 8, 1, 16
+    proj = torch.randn(b, L, 2 * h * p + 2 * g * n + h, device=TRITON_DEVICE)
+    A = -torch.rand(h, device=TRITON_DEVICE) - 0.5
+    D = torch.randn(h, device=TRITON_DEVICE)
+
+    def split(t):
+        z, x, B, C, dt = torch.split(t, [h * p, h * p, g * n, g * n, h], dim=-1)
+        return dict(x=x.unflatten(-1, (h, p)), z=z.unflatten(-1, (h, p)),
+                    B=B.unflatten(-1, (g, n)), C=C.unflatten(-1, (g, n)), dt=dt)
+
+    views = split(proj)
+    assert not views["x"].is_contiguous()
+    y = ops.bi_selective_scan(**views, A=A, D=D, dt_softplus=True, backend="triton",
+                              mode="quasiseparable")
+    y_ref = R.bi_selective_scan_sequential(**split(proj.double().cpu()), A=A.double().cpu(),
+                                           D=D.double().cpu(), dt_softplus=True,
+                                           mode="quasiseparable")
+    assert_close_rel(y.cpu(), y_ref, TOL[torch.float32], "strided inputs")
+
+
+def test_opcheck_triton():
+    args, cu = _inputs(("packed", [3, 20], 2, 4, 1, 8, dict(D="h", z=True, dt_bias=True,
+                                                             rev=("B",))), dtype=torch.float32)
+    a = clone_inputs(args, device=TRITON_DEVICE)
+    sample = (a["x"], a["dt"], a["A"], a["B"], a["C"], a["D"], a["z"], a["dt_bias"], None, None,
+              a["B_rev"], None, cu, True, 3, True, "triton")
+    torch.library.opcheck(torch.ops.mmhnet.bi_scan.default, sample,
+                          test_utils=("test_schema", "test_autograd_registration",
+                                      "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_large_gpu(dtype, monkeypatch):
+    """Real chunk size, long packed sequences, headdim 64, dstate 128 (BiMamba2 defaults)."""
+    monkeypatch.setattr(scan_triton, "CHUNK_SIZE", 64)
+    args, cu = _inputs(("large", [700, 1, 1300, 63], 8, 64, 2, 128,
+                        dict(D="h", z=True, dt_bias=True)))
+    check_scan_against_reference("bi_selective_scan", args, backend="triton", dtype=dtype,
+                                 device="cuda", mode="sum", cu_seqlens=cu)
