@@ -1,0 +1,288 @@
+"""Every backend of the routing ops against the float64 references: forward values and every
+gradient (with a random upstream gradient), on the cases of routing_cases.CASES."""
+
+import pytest
+import torch
+
+from helpers import TOL, assert_close_rel
+from mmhnet.ops import (chunk_gather, chunk_scatter, ema_smooth, ratio_loss, route_boundaries,
+                        token_gather, token_scatter)
+from mmhnet.ops import reference as ref
+from routing_cases import CASES, DTYPES, backend_device, backend_params, make_case
+
+CASE_NAMES = list(CASES)
+
+
+def _leaf(t, dtype=None, device=None):
+    return t.detach().to(dtype=dtype or t.dtype, device=device or t.device).clone().requires_grad_(True)
+
+
+def _dtype_params(op):
+    out = []
+    for bp in backend_params(op):
+        for dt in DTYPES[bp.values[0]]:
+            out.append(pytest.param(bp.values[0], dt, marks=bp.marks,
+                                    id=f"{bp.values[0]}-{str(dt).replace('torch.', '')}"))
+    return out
+
+
+def _routing(case, device="cpu"):
+    """q, k, x, cu (float64) and the reference p, mask of one case."""
+    q, k, x, cu = make_case(case, device)
+    p, mask = ref.route_boundaries_reference(q, k, cu)
+    return q, k, x, cu, p, mask
+
+
+def _grads(out, leaves, upstream):
+    return torch.autograd.grad(out, leaves, upstream)
+
+
+def _assert_close_floor(out, ref, tol, floor, what):
+    """Relative error with the denominator at least ``floor``: for gradients that vanish
+    analytically (cos = +-1), where a relative error of rounding noise means nothing."""
+    assert out.shape == ref.shape and torch.isfinite(out).all(), what
+    err = ((out.double() - ref).norm() / max(ref.norm().item(), floor)).item()
+    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"
+
+
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+@pytest.mark.parametrize("backend,dtype", _dtype_params("route_boundaries"))
+def test_route_boundaries(backend, dtype, case):
+    dev = backend_device(backend)
+    q, k, _, cu, _, _ = _routing(case)
+    q, k = q.to(dtype).double(), k.to(dtype).double()  # what the kernel sees
+    qr, kr = _leaf(q), _leaf(k)
+    p_ref, m_ref = ref.route_boundaries_reference(qr, kr, cu)
+    dp = torch.randn_like(p_ref)
+    dq_ref, dk_ref = _grads(p_ref, (qr, kr), dp)
+
+    qb, kb = _leaf(q, dtype, dev), _leaf(k, dtype, dev)
+    p, mask = route_boundaries(qb, kb, cu.to(dev), backend=backend)
+    assert p.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert mask.dtype == torch.bool and mask.shape == p_ref.shape
+    dq, dk = _grads(p, (qb, kb), dp.to(device=dev, dtype=p.dtype))
+    assert_close_rel(p.cpu(), p_ref, TOL[torch.float32] if dtype != torch.float64 else TOL[dtype], "p")
+    # a decision within rounding of the 0.5 threshold may go either way; ties are exact
+    clear = (p_ref - 0.5).abs() > 1e-4
+    assert torch.equal(mask.cpu()[clear], m_ref[clear])
+    if case == "ties":
+        inner = p_ref != 1
+        assert (p.cpu()[inner] == 0.5).all() and not mask.cpu()[inner].any()
+    floor = (dp.norm() / q.norm(dim=-1).mean()).item()
+    _assert_close_floor(dq.cpu(), dq_ref, TOL[dtype], floor, "dq")
+    _assert_close_floor(dk.cpu(), dk_ref, TOL[dtype], floor, "dk")
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+@pytest.mark.parametrize("backend,dtype", _dtype_params("chunk_gather"))
+def test_chunk_gather(backend, dtype, case):
+    dev = backend_device(backend)
+    _, _, x, cu, p, mask = _routing(case)
+    x = x.to(dtype)
+    xc_ref, ccu_ref, cid_ref = ref.chunk_gather_reference(x, mask, cu)
+
+    xb, pb = _leaf(x, device=dev), _leaf(p, device=dev)
+    xc, ccu, cid, pc = chunk_gather(xb, mask.to(dev), cu.to(dev), p=pb, backend=backend)
+    assert torch.equal(xc.detach().cpu(), xc_ref)
+    assert torch.equal(pc.detach().cpu(), p[mask])
+    assert ccu.dtype == cid.dtype == torch.int32
+    assert torch.equal(ccu.cpu(), ccu_ref) and torch.equal(cid.cpu(), cid_ref)
+
+    dxc, dpc = torch.randn_like(xc), torch.randn_like(pc)
+    dx, dp = _grads((xc, pc), (xb, pb), (dxc, dpc))
+    dx_ref = torch.zeros_like(x)
+    dx_ref[mask] = dxc.cpu()
+    dp_ref = torch.zeros_like(p)
+    dp_ref[mask] = dpc.cpu()
+    assert torch.equal(dx.cpu(), dx_ref) and torch.equal(dp.cpu(), dp_ref)
+
+    xc2, ccu2, cid2 = chunk_gather(xb, mask.to(dev), cu.to(dev), backend=backend)
+    assert torch.equal(xc2, xc) and torch.equal(cid2, cid)
+
+
+@pytest.mark.parametrize("confidence", [False, True], ids=["plain", "ste"])
+@pytest.mark.parametrize("case", CASE_NAMES)
+@pytest.mark.parametrize("backend,dtype", _dtype_params("chunk_scatter"))
+def test_chunk_scatter(backend, dtype, case, confidence):
+    dev = backend_device(backend)
+    _, _, _, cu, p, mask = _routing(case)
+    _, _, chunk_id = ref.chunk_gather_reference(p[:, None], mask, cu)
+    z = torch.randn(int(mask.sum()), CASES[case][1], dtype=torch.float64).to(dtype).double()
+    zr, pr = _leaf(z), _leaf(p)
+    kw_ref = dict(p=pr, mask=mask) if confidence else {}
+    out_ref = ref.chunk_scatter_reference(zr, chunk_id, **kw_ref)
+    dout = torch.randn_like(out_ref).to(dtype).double()
+    leaves_ref = (zr, pr) if confidence else (zr,)
+    grads_ref = _grads(out_ref, leaves_ref, dout)
+
+    zb, pb = _leaf(z, dtype, dev), _leaf(p, device=dev)
+    kw = dict(p=pb, mask=mask.to(dev)) if confidence else {}
+    out = chunk_scatter(zb, chunk_id.to(dev), backend=backend, **kw)
+    assert out.dtype == dtype
+    assert torch.equal(out.detach().cpu().double(), out_ref.detach())  # a copy: exact
+    grads = _grads(out, (zb, pb) if confidence else (zb,), dout.to(device=dev, dtype=dtype))
+    for name, g, g_ref in zip(("dz_chunks", "dp"), grads, grads_ref):
+        assert_close_rel(g.cpu(), g_ref, TOL[dtype], name)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["forward", "bidirectional"])
+@pytest.mark.parametrize("case", CASE_NAMES)
+@pytest.mark.parametrize("backend,dtype", _dtype_params("ema_smooth"))
+def test_ema_smooth(backend, dtype, case, bidirectional):
+    dev = backend_device(backend)
+    _, _, _, cu, p, mask = _routing(case)
+    _, chunk_cu, _ = ref.chunk_gather_reference(p[:, None], mask, cu)
+    z = torch.randn(int(mask.sum()), CASES[case][1], dtype=torch.float64).to(dtype).double()
+    pc = p[mask].clamp(1e-4, 1 - 1e-4).to(dtype).double()
+    zr, pr = _leaf(z), _leaf(pc)
+    out_ref = ref.ema_smooth_reference(zr, pr, chunk_cu, bidirectional)
+    dout = torch.randn_like(out_ref).to(dtype).double()
+    dz_ref, dp_ref = _grads(out_ref, (zr, pr), dout)
+
+    zb, pb = _leaf(z, dtype, dev), _leaf(pc, dtype, dev)
+    out = ema_smooth(zb, pb, chunk_cu.to(dev), bidirectional, backend=backend)
+    assert out.dtype == dtype
+    dz, dp = _grads(out, (zb, pb), dout.to(device=dev, dtype=dtype))
+    assert_close_rel(out.cpu(), out_ref, TOL[dtype], "out")
+    assert_close_rel(dz.cpu(), dz_ref, TOL[dtype], "dz_chunks")
+    assert_close_rel(dp.cpu(), dp_ref, TOL[dtype], "dp_chunks")
+
+
+@pytest.mark.parametrize("backend,dtype", _dtype_params("ema_smooth"))
+def test_ema_smooth_unclamped_p(backend, dtype):
+    """p = 1 restarts the average and p = 0 holds it: valid inputs, no division by p or 1 - p."""
+    dev = backend_device(backend)
+    pc = torch.tensor([1.0, 0.0, 1.0, 0.3, 0.0, 0.0, 1.0], dtype=torch.float64)
+    z = torch.randn(7, 5, dtype=torch.float64).to(dtype).double()
+    cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+    zr, pr = _leaf(z), _leaf(pc)
+    out_ref = ref.ema_smooth_reference(zr, pr, cu, True)
+    dout = torch.randn_like(out_ref)
+    grads_ref = _grads(out_ref, (zr, pr), dout)
+    zb, pb = _leaf(z, dtype, dev), _leaf(pc, dtype, dev)
+    out = ema_smooth(zb, pb, cu.to(dev), True, backend=backend)
+    grads = _grads(out, (zb, pb), dout.to(device=dev, dtype=dtype))
+    assert_close_rel(out.cpu(), out_ref, TOL[dtype], "out")
+    for g, g_ref in zip(grads, grads_ref):
+        assert_close_rel(g.cpu(), g_ref, TOL[dtype], "grad")
+
+
+@pytest.mark.parametrize("backend,dtype", _dtype_params("token_gather"))
+def test_token_gather_and_scatter(backend, dtype):
+    dev = backend_device(backend)
+    x = torch.randn(13, 19, dtype=torch.float64).to(dtype).double()
+    index = torch.cat([torch.randperm(13), torch.randint(0, 13, (9,))])  # with repeats
+    xr = _leaf(x)
+    out_ref = ref.token_gather_reference(xr, index)
+    dout = torch.randn_like(out_ref).to(dtype).double()
+    (dx_ref,) = _grads(out_ref, (xr,), dout)
+
+    xb = _leaf(x, dtype, dev)
+    out = token_gather(xb, index.to(dev), backend=backend)
+    assert torch.equal(out.detach().cpu().double(), out_ref.detach())
+    (dx,) = _grads(out, (xb,), dout.to(device=dev, dtype=dtype))
+    assert_close_rel(dx.cpu(), dx_ref, TOL[dtype], "token_gather dx")
+
+    yr = _leaf(dout)
+    s_ref = ref.token_scatter_reference(yr, index, 15)
+    ds = torch.randn_like(s_ref).to(dtype).double()
+    (dy_ref,) = _grads(s_ref, (yr,), ds)
+    yb = _leaf(dout, dtype, dev)
+    s = token_scatter(yb, index.to(device=dev, dtype=torch.int32), 15, backend=backend)
+    assert s.shape == (15, 19) and s.dtype == dtype
+    assert_close_rel(s.cpu(), s_ref, TOL[dtype], "token_scatter")
+    (dy,) = _grads(s, (yb,), ds.to(device=dev, dtype=dtype))
+    assert torch.equal(dy.cpu().double(), dy_ref)
+
+
+@pytest.mark.parametrize("backend,dtype", _dtype_params("token_gather"))
+def test_token_routing_round_trip(backend, dtype):
+    """Interleaving two modalities by time and back is the identity."""
+    dev = backend_device(backend)
+    audio, video = torch.randn(10, 8, dtype=dtype, device=dev), torch.randn(4, 8, dtype=dtype, device=dev)
+    times = torch.cat([torch.arange(10) * 0.32, torch.arange(4) * 0.8 + 0.1])
+    order = torch.argsort(times).to(dev)
+    tokens = torch.cat([audio, video])
+    interleaved = token_gather(tokens, order, backend=backend)
+    back = token_scatter(interleaved, order, 14, backend=backend)
+    assert torch.equal(back, tokens)
+
+
+@pytest.mark.parametrize("backend,dtype", _dtype_params("ratio_loss"))
+def test_ratio_loss(backend, dtype):
+    dev = backend_device(backend)
+    _, _, _, cu, p, mask = _routing("random")
+    p = p.to(dtype).double()
+    pr = _leaf(p)
+    loss_ref = ref.ratio_loss_reference(mask, pr, 4.0)
+    (dp_ref,) = _grads(loss_ref, (pr,), torch.tensor(0.7, dtype=torch.float64))
+    pb = _leaf(p, dtype, dev)
+    loss = ratio_loss(mask.to(dev), pb, 4.0, backend=backend)
+    assert loss.dim() == 0
+    (dp,) = _grads(loss, (pb,), torch.tensor(0.7, dtype=loss.dtype, device=dev))
+    assert_close_rel(loss.cpu(), loss_ref, TOL[torch.float32], "loss")
+    assert_close_rel(dp.cpu(), dp_ref, TOL[dtype], "dp")
+
+
+@pytest.mark.parametrize("backend", backend_params("chunk_scatter"))
+def test_chunk_scatter_backward_is_deterministic(backend):
+    """The segment sum never uses float atomics: two runs agree bit for bit (long chunks that
+    span several kernel blocks included)."""
+    dev = backend_device(backend)
+    total, dim = 300, 24
+    mask = torch.rand(total) < 0.05
+    mask[0] = True
+    mask[100:260] = False  # one chunk of at least 160 tokens
+    chunk_id = (torch.cumsum(mask.long(), 0) - 1).to(torch.int32)
+    z = torch.randn(int(mask.sum()), dim, dtype=torch.float32, device=dev, requires_grad=True)
+    p = torch.rand(total, device=dev, requires_grad=True)
+    dout = torch.randn(total, dim, device=dev)
+    runs = []
+    for _ in range(2):
+        out = chunk_scatter(z, chunk_id.to(dev), p=p, mask=mask.to(dev), backend=backend)
+        runs.append(torch.autograd.grad(out, (z, p), dout))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    dz_ref = torch.zeros(z.shape, dtype=torch.float64).index_add(0, chunk_id.long(), dout.cpu().double())
+    assert_close_rel(runs[0][0].cpu(), dz_ref, TOL[torch.float32], "dz_chunks")
+
+
+@pytest.mark.parametrize("backend", backend_params("chunk_gather"))
+def test_round_trip_matches_reference(backend):
+    """boundaries -> gather (with p) -> bidirectional EMA -> scatter with confidence: the whole
+    dechunking path, forward and gradients, against the references composed."""
+    dev = backend_device(backend)
+    q, k, x, cu = make_case("random")
+
+    def run(fns, q, k, x, cu):
+        p, mask = fns["boundaries"](q, k, cu)
+        xc, ccu, cid, pc = fns["gather"](x, mask, cu, p)
+        e = fns["ema"](xc, pc.clamp(1e-4, 1 - 1e-4), ccu)
+        return fns["scatter"](e, cid, p, mask) + fns["ratio"](mask, p)
+
+    def ref_gather(x, mask, cu, p):
+        xc, ccu, cid = ref.chunk_gather_reference(x, mask, cu)
+        return xc, ccu, cid, p[mask]
+
+    reference = dict(
+        boundaries=ref.route_boundaries_reference, gather=ref_gather,
+        ema=lambda z, p, cu: ref.ema_smooth_reference(z, p, cu, True),
+        scatter=lambda z, cid, p, m: ref.chunk_scatter_reference(z, cid, p=p, mask=m),
+        ratio=lambda m, p: ref.ratio_loss_reference(m, p, 3.0))
+    ours = dict(
+        boundaries=lambda q, k, cu: route_boundaries(q, k, cu, backend=backend),
+        gather=lambda x, m, cu, p: chunk_gather(x, m, cu, p=p, backend=backend),
+        ema=lambda z, p, cu: ema_smooth(z, p, cu, True, backend=backend if backend != "cuda" else None),
+        scatter=lambda z, cid, p, m: chunk_scatter(z, cid, p=p, mask=m, backend=backend),
+        ratio=lambda m, p: ratio_loss(m, p, 3.0, backend=backend if backend != "cuda" else None))
+    leaves_ref = [_leaf(t) for t in (q, k, x)]
+    out_ref = run(reference, *leaves_ref, cu)
+    dout = torch.randn_like(out_ref)
+    grads_ref = _grads(out_ref, leaves_ref, dout)
+    leaves = [_leaf(t, torch.float32, dev) for t in (q, k, x)]
+    out = run(ours, *leaves, cu.to(dev))
+    grads = _grads(out, leaves, dout.to(device=dev, dtype=torch.float32))
+    assert_close_rel(out.cpu(), out_ref, TOL[torch.float32], "out")
+    for name, g, g_ref in zip(("dq", "dk", "dx"), grads, grads_ref):
+        assert_close_rel(g.cpu(), g_ref, TOL[torch.float32], name)
