@@ -21,8 +21,8 @@ Options beyond Mamba2's (keyword-only):
   direction copy. The extra projections are appended in Hydra's in_proj order
   [z, x, B, C, B_rev, C_rev, dt, dt_rev]; ``A_log_rev`` and ``dt_bias_rev`` are parameters.
 * ``conv_per_direction``: Vim v2's two one-sided convs instead of one centred conv: the forward
-  scan reads a causal conv of (x, B, C), the reverse scan an anti-causal conv ``conv1d_rev`` of
-  (x, B_rev, C_rev), and each direction has its own D (``D_rev``). The directions then run as two
+  scan reads a causal conv of (x, B, C), the reverse scan a causal conv run right to left,
+  ``conv1d_rev``, of (x, B_rev, C_rev), and each direction has its own D (``D_rev``). The directions then run as two
   ``selective_scan`` calls (mode "sum" only).
 * ``D_from_input``: Hydra's input-dependent skip, D_t = D + fc_D(x_t) per head.
 * ``norm_per_group``: normalise each of the ngroups channel groups on its own (Mamba-2, the
@@ -116,14 +116,14 @@ class BiMamba2(nn.Module):
         self.in_proj = nn.Linear(d_model, sum(self._in_split), bias=bias, **factory)
 
         if conv_per_direction:
-            # one-sided windows: causal for the forward scan, anti-causal for the reverse one
+            # a causal conv for the forward scan, the same run right to left for the reverse one
             self.conv1d = DepthwiseConv1d(self.d_ssm + 2 * gn, d_conv, conv_bias, d_conv - 1,
-                                          conv_impl, **factory)
-            self.conv1d_rev = DepthwiseConv1d(self.d_ssm + 2 * gn, d_conv, conv_bias, 0,
-                                              conv_impl, **factory)
+                                          False, conv_impl, **factory)
+            self.conv1d_rev = DepthwiseConv1d(self.d_ssm + 2 * gn, d_conv, conv_bias, d_conv - 1,
+                                              True, conv_impl, **factory)
             convs = (self.conv1d, self.conv1d_rev)
         else:
-            self.conv1d = DepthwiseConv1d(sum(self._conv_split), d_conv, conv_bias, None,
+            self.conv1d = DepthwiseConv1d(sum(self._conv_split), d_conv, conv_bias, None, False,
                                           conv_impl, **factory)
             convs = (self.conv1d,)
         if conv_init is not None:

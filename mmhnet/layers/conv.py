@@ -7,10 +7,12 @@ d_conv - 1 - left. The default (non-causal, centred) split is
 
 so an odd width is symmetric (Hydra's ``padding=d_conv // 2``) and an even width (Mamba-2's
 default 4) sees one more token of the past than of the future: t-2, t-1, t, t+1 for width 4.
-left = d_conv - 1 gives a causal conv, left = 0 an anti-causal one (Vim v2's two directions).
-Weight tap j multiplies token t - left + j. Tokens outside the sequence read as zero: at
-sequence ends, across the boundaries of packed sequences (``cu_seqlens``), and at the padding
-of a padded batch (``mask``), whose rows are also zeroed at the output.
+left = d_conv - 1 gives a causal conv. Weight tap j multiplies token t - left + j; with
+``reverse=True`` the taps run the other way, tap j multiplying token t + left - j (so left =
+d_conv - 1, reverse=True is a causal conv applied right to left, Vim v2's backward conv).
+Tokens outside the sequence read as zero: at sequence ends, across the boundaries of packed
+sequences (``cu_seqlens``), and at the padding of a padded batch (``mask``), whose rows are
+also zeroed at the output.
 
 Two implementations, one result:
 
@@ -48,10 +50,12 @@ def load_causal_conv1d():
 
 
 def _sequence_bounds(cu_seqlens, total):
-    """Per token: (index of its sequence, start, end) of the packed sequence it belongs to."""
+    """Per token: (index of its sequence, start, end) of the packed sequence it belongs to.
+    Offsets that do not end at ``total`` are left for the scan op to reject; here they only
+    must not index out of range."""
     cu = cu_seqlens.to(torch.long)
     pos = torch.arange(total, device=cu.device)
-    seq = torch.searchsorted(cu[1:], pos, right=True)
+    seq = torch.searchsorted(cu[1:], pos, right=True).clamp(max=cu.numel() - 2)
     return seq, cu[seq], cu[seq + 1]
 
 
@@ -123,8 +127,9 @@ class _DepthwiseConvSiLU(torch.autograd.Function):
 
 
 class DepthwiseConv1d(nn.Conv1d):
-    """Depthwise conv + SiLU over channel-last tokens; ``left`` taps before the token
-    (default d_conv // 2: centred), the rest after it.
+    """Depthwise conv + SiLU over channel-last tokens; the window has ``left`` taps before the
+    token (default d_conv // 2: centred) and the rest after it, or, with ``reverse``, ``left``
+    taps after it and the rest before it.
 
     Parameters as nn.Conv1d(channels, channels, d_conv, groups=channels): ``weight``
     (channels, 1, d_conv) and ``bias`` (channels,), so Mamba-2 / Hydra state dicts load.
@@ -132,8 +137,8 @@ class DepthwiseConv1d(nn.Conv1d):
     forward(x (batch, seqlen, channels), cu_seqlens=None, mask=None) -> same shape.
     """
 
-    def __init__(self, channels, d_conv, bias=True, left=None, impl="auto", device=None,
-                 dtype=None):
+    def __init__(self, channels, d_conv, bias=True, left=None, reverse=False, impl="auto",
+                 device=None, dtype=None):
         if impl not in CONV_IMPLS:
             raise ValueError(f"conv impl must be one of {', '.join(map(repr, CONV_IMPLS))}; "
                              f"got {impl!r}")
@@ -142,11 +147,13 @@ class DepthwiseConv1d(nn.Conv1d):
             raise ValueError(f"left ({left}) must be in 0 .. d_conv - 1 ({d_conv - 1})")
         super().__init__(channels, channels, d_conv, groups=channels, bias=bias, padding=0,
                          device=device, dtype=dtype)
-        self.impl = impl
-        self.left, self.right = left, d_conv - 1 - left
+        self.impl, self.reverse = impl, reverse
+        # the window actually read, in token order: `left` before t, `right` after it
+        self.left = d_conv - 1 - left if reverse else left
+        self.right = d_conv - 1 - self.left
 
     def _use_causal_conv1d(self, x):
-        if self.impl == "torch":
+        if self.impl == "torch" or (self.impl == "auto" and not x.is_cuda):
             return False
         fn = load_causal_conv1d()
         if self.impl == "causal_conv1d":
@@ -158,7 +165,7 @@ class DepthwiseConv1d(nn.Conv1d):
                 and x.dtype in (torch.float32, torch.float16, torch.bfloat16))
 
     def forward(self, x, cu_seqlens=None, mask=None):
-        weight = self.weight[:, 0, :]
+        weight = self.weight[:, 0, :].flip(-1) if self.reverse else self.weight[:, 0, :]
         if self._use_causal_conv1d(x):
             return self._forward_causal_conv1d(x, weight, cu_seqlens, mask)
         taps = _tap_masks(cu_seqlens, mask, x.shape[1], self.kernel_size[0], self.left, x.dtype)
