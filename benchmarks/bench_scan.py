@@ -59,11 +59,34 @@ def _torch_two_pass(**a):
     return reference.bi_selective_scan_chunked(**a, dt_softplus=True)
 
 
+def _import_mamba_ssd():
+    """mamba_chunk_scan_combined, also from an sdist installed without its CUDA build: there
+    ``import mamba_ssm`` fails on the missing selective_scan_cuda, so the package is entered
+    without running its __init__ (the Triton SSD needs none of it)."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    try:
+        return importlib.import_module("mamba_ssm.ops.triton.ssd_combined").mamba_chunk_scan_combined
+    except ImportError:
+        spec = importlib.util.find_spec("mamba_ssm")
+        if spec is None or not spec.submodule_search_locations:
+            raise
+        for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+            del sys.modules[name]
+        pkg = types.ModuleType("mamba_ssm")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules["mamba_ssm"] = pkg
+        return importlib.import_module("mamba_ssm.ops.triton.ssd_combined").mamba_chunk_scan_combined
+
+
 def _mamba_two_pass():
     try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        mamba_chunk_scan_combined = _import_mamba_ssd()
     except Exception as err:  # noqa: BLE001 - any import failure means "not available"
-        return None, f"mamba_ssm not importable ({type(err).__name__})"
+        return None, f"mamba_ssm not importable ({type(err).__name__}: {err})"
 
     def one(**a):
         return mamba_chunk_scan_combined(a["x"], a["dt"], a["A"], a["B"], a["C"], chunk_size=256,
