@@ -5,4 +5,5 @@
 namespace mmhnet {
 void register_cpu_kernels(pybind11::module_& m);   // csrc/cpu/registry.cpp
 void register_cuda_kernels(pybind11::module_& m);  // csrc/cuda/registry.cu
+void register_scan_cpu(pybind11::module_& m);      // csrc/cpu/scan_bind.cpp
 }  // namespace mmhnet

@@ -2,5 +2,7 @@
 #include "registry.h"
 
 namespace mmhnet {
-void register_cpu_kernels(pybind11::module_& m) { (void)m; }
+void register_cpu_kernels(pybind11::module_& m) {
+    register_scan_cpu(m);
+}
 }  // namespace mmhnet

@@ -1,0 +1,82 @@
+// Parameters of one call of the fused (bi)directional selective scan, shared by the CPU
+// (csrc/cpu/scan_*.cpp) and CUDA (csrc/cuda/scan_*.cu) kernels. No torch: Python hands over raw
+// pointers, sizes and element strides (int64, so tensors past 2^31 elements index correctly).
+//
+// Maths (shared/DESIGN.md, Op 1). Per sequence, head h, direction d, in the direction's
+// processing order k (time order for the forward direction, reversed for the reverse one):
+//     h_k = a_k h_{k-1} + u_k (x) B_k,   a_k = exp(dt'_k A_d),   u_k = dt'_k x_k,   yhat_k = C_k . h_k
+// y_t = sum_d yhat_d(t or, quasi, the previous token in d's order) + D x_t, then y * silu(z).
+//
+// Every pass of forward and backward is the same "rank-1 scan" over a state S[i][j]:
+//     S_k = a_k S_{k-1} + v_k (x) b_k,   out_k[i] = sum_j c_k[j] S_k[i][j]
+// forward  F_p: i = p, j = n:  v = u,             b = B, c = C      -> yhat
+// backward F_n: i = n, j = p:  v = B,             b = u, c = gyhat  -> dC
+//          R_n: i = n, j = p:  v = C,             b = gyhat, c = u  -> dB   (adjoint, reversed order)
+//          R_p: i = p, j = n:  v = gyhat,         b = C, c = B      -> du = dx / dt'
+// where the adjoint runs over the reversed processing order with decays shifted by one
+// (dS_k = a_{k+1} dS_{k+1} + C_k (x) gyhat_k). The gradient of the log-decays needs no state:
+//     g(log a_k) = sum_{k' >= k} (C_k'.dC_k' - B_k'.dB_k'),
+// so the backward recomputes nothing but these four scans.
+//
+// dtypes: the "big" tensors (x, z, B, C, B_rev, C_rev, y, dy, dx, dz) have the storage dtype
+// `dtype`; the compute dtype is float64 for float64 storage and float32 otherwise (the state is
+// never kept in half precision). dt, dt_rev, A, A_rev, D, dt_bias and every other gradient
+// output (ddt, ddt_rev, the partial sums and per-head dB/dC) have the compute dtype.
+//
+// Gradients the kernels cannot finish without a cross-task reduction come back as partial
+// sums that Python reduces (deterministically, independent of the thread count):
+//     dA_part, dA_rev_part (batch * nseq, nheads);  dD_part (batch * nseq, nheads, headdim);
+//     dB_heads, dC_heads, dB_rev_heads, dC_rev_heads (batch, seqlen, nheads, dstate): per-head
+//     gradients, summed over the heads of a group in Python (they ARE dB/dC when
+//     ngroups == nheads). A reverse-direction gradient whose parameter is shared with the
+//     forward direction is accumulated into the forward one.
+#pragma once
+
+#include <cstdint>
+
+namespace mmhnet {
+
+enum ScanDirections : int { kScanForward = 1, kScanReverse = 2, kScanBoth = 3 };
+
+enum class ScanDtype : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+
+// One tensor operand: its data pointer (nullptr: absent) and element strides, outermost first.
+struct ScanTensor {
+    void* ptr = nullptr;
+    int64_t stride[4] = {0, 0, 0, 0};
+
+    bool present() const { return ptr != nullptr; }
+};
+
+struct ScanParams {
+    // sizes
+    int64_t batch = 0, seqlen = 0, nheads = 0, headdim = 0, ngroups = 0, dstate = 0;
+    int64_t nseq = 1;  // number of packed sequences (1 without cu_seqlens)
+
+    // flags
+    ScanDtype dtype = ScanDtype::kFloat32;
+    int directions = kScanBoth;
+    bool quasi = false;
+    bool dt_softplus = false;
+    bool d_per_channel = false;  // D has shape (nheads, headdim) rather than (nheads,)
+
+    // forward inputs: x, z (b, l, h, p); dt, dt_rev (b, l, h); A, A_rev, dt_bias (h,);
+    // D (h,) or (h, p); B, C, B_rev, C_rev (b, l, g, n). A reverse parameter that is absent
+    // means "the forward one".
+    ScanTensor x, dt, A, B, C, D, z, dt_bias, dt_rev, A_rev, B_rev, C_rev;
+    const int32_t* cu_seqlens = nullptr;  // (nseq + 1,) packed offsets, batch == 1; may be null
+
+    // forward output (b, l, h, p)
+    ScanTensor y;
+
+    // backward: the upstream gradient and the outputs described above
+    ScanTensor dy;
+    ScanTensor dx, dz, ddt, ddt_rev;
+    ScanTensor dA_part, dA_rev_part, dD_part;
+    ScanTensor dB_heads, dC_heads, dB_rev_heads, dC_rev_heads;
+
+    int64_t group_of(int64_t head) const { return head / (nheads / ngroups); }
+    int64_t ntasks() const { return batch * nseq * nheads; }
+};
+
+}  // namespace mmhnet
