@@ -17,7 +17,7 @@ import torch
 
 from .common import machine_description, today
 
-SECTIONS = ["scan"]
+SECTIONS = ["scan", "layers"]
 
 
 def main(argv=None):

@@ -367,3 +367,17 @@ def test_gated_rms_norm_linear_matches_autograd(norm_before_gate, group_size, ga
     assert_close_rel(out, ref, 1e-12, "output")
     for a, b in zip(g, g_ref):
         assert_close_rel(a, b, 1e-10, "gradient")
+
+
+@pytest.mark.parametrize("name", ["quasiseparable", "per_direction_conv"])
+def test_default_and_reference_backends_give_the_same_layer(name):
+    m = build(**CONFIGS[name])
+    x = torch.randn(1, 21, 16, requires_grad=True)
+    cu = random_cu_seqlens([8, 13])
+    results = []
+    for backend in (None, "reference"):
+        m.backend = backend
+        y = m(x, cu_seqlens=cu)
+        results.append((y, *torch.autograd.grad(y.square().sum(), [x, m.in_proj.weight, m.A_log])))
+    for a, b in zip(*results):
+        assert_close_rel(a, b, 1e-4, f"{name}: default vs reference")

@@ -172,3 +172,13 @@ def test_hnet_trained_on_250_tokens_runs_unchanged_at_9375_and_65536():
             assert out.hidden_states.shape == (1, n, 16)
             assert torch.isfinite(out.hidden_states).all() and torch.isfinite(out.ratio_loss)
             assert out.hidden_states.std() < 10 * scale
+
+
+def test_hnet_does_not_depend_on_the_backend():
+    net = build_hnet(["m1", ["m1"], "m1"], [16, 24])
+    ref = build_hnet(["m1", ["m1"], "m1"], [16, 24], backend="reference")
+    ref.load_state_dict(net.state_dict())
+    x = torch.randn(2, 19, 16)
+    a, b = net(x), ref(x)
+    assert_close_rel(a.hidden_states, b.hidden_states, 1e-4, "hidden states")
+    assert_close_rel(a.ratio_loss, b.ratio_loss, 1e-5, "ratio loss")

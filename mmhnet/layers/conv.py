@@ -111,7 +111,9 @@ class _DepthwiseConvSiLU(torch.autograd.Function):
         width = weight.shape[1]
         pre = _conv_taps(x, weight, bias, taps, left)
         s = torch.sigmoid(pre)
-        dpre = dout.to(pre.dtype) * (s * (1 + pre * (1 - s)))
+        # silu'(pre) = s (1 + pre (1 - s)), built in place in pre
+        dpre = pre.mul_(1 - s).add_(1).mul_(s).mul_(dout)
+        del s
         if rows is not None:
             dpre = dpre * rows[..., None]
         xp = F.pad(x, (0, 0, left, width - 1 - left)).to(pre.dtype)

@@ -94,40 +94,41 @@ class _GatedRMSNormLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
+        # temporaries as wide as y are released (or reused in place) as soon as they are spent
         y, z, norm_weight, rstd, weight = ctx.saved_tensors
         group_size, norm_before_gate, has_bias = ctx.cfg
         cd = _compute_dtype(y)
-        yc, nw = y.to(cd), norm_weight.to(cd)
+        nw = norm_weight.to(cd)
         gate = None if z is None else F.silu(z.to(cd))
-        h = yc * gate if gate is not None and not norm_before_gate else yc
+        h = y.to(cd) * gate if gate is not None and not norm_before_gate else y.to(cd)
         xhat = (_grouped(h, group_size) * rstd).reshape(h.shape)
+        del h
         # n = xhat * nw * post, post = gate when the norm comes before the gate
         post = gate if gate is not None and norm_before_gate else None
-        n = xhat * nw if post is None else xhat * nw * post
-
-        d_out = dout.shape[-1]
-        dout2 = dout.reshape(-1, d_out)
+        n = xhat * nw if post is None else (xhat * nw).mul_(post)
+        dout2 = dout.reshape(-1, dout.shape[-1])
         dweight = (dout2.t().to(cd) @ n.reshape(-1, n.shape[-1])).to(weight.dtype)
+        del n
         dbias = dout2.sum(0) if has_bias else None
-        dn = (dout @ weight).to(cd)
 
-        dxhat = dn * nw if post is None else dn * nw * post
-        dnorm_weight = (dn * xhat if post is None else dn * xhat * post)
-        dnorm_weight = dnorm_weight.reshape(-1, nw.shape[0]).sum(0).to(norm_weight.dtype)
+        dn = (dout @ weight).to(cd)
+        dn_post = dn if post is None else dn * post
+        dnorm_weight = (dn_post * xhat).reshape(-1, nw.shape[0]).sum(0).to(norm_weight.dtype)
+        dz = None
+        if post is not None:
+            dxhat = dn_post.mul_(nw)
+            dz = dn.mul_(xhat).mul_(nw).mul_(_silu_grad(z.to(cd)))
+        else:
+            dxhat = dn.mul_(nw)
+        del dn, dn_post
         # through x / rms(x), per group
         dxg, xg = _grouped(dxhat, group_size), _grouped(xhat, group_size)
-        dh = (rstd * (dxg - xg * (dxg * xg).mean(-1, keepdim=True))).reshape(h.shape)
-
-        dz = None
-        if gate is None:
-            dy = dh
-        elif norm_before_gate:
-            dy = dh
-            dz = dn * xhat * nw * _silu_grad(z.to(cd))
-        else:
-            dy = dh * gate
-            dz = dh * yc * _silu_grad(z.to(cd))
-        return (dy.to(y.dtype), None if dz is None else dz.to(z.dtype), dnorm_weight,
+        dh = dxg.sub_(xg * (dxg * xg).mean(-1, keepdim=True)).mul_(rstd).reshape(y.shape)
+        del xhat, xg, dxhat, dxg
+        if gate is not None and not norm_before_gate:
+            dz = (dh * y.to(cd)).mul_(_silu_grad(z.to(cd)))
+            dh = dh.mul_(gate)
+        return (dh.to(y.dtype), None if dz is None else dz.to(z.dtype), dnorm_weight,
                 None, None, None, dweight, dbias)
 
 
