@@ -6,4 +6,6 @@ namespace mmhnet {
 void register_cpu_kernels(pybind11::module_& m);   // csrc/cpu/registry.cpp
 void register_cuda_kernels(pybind11::module_& m);  // csrc/cuda/registry.cu
 void register_scan_cpu(pybind11::module_& m);      // csrc/cpu/scan_bind.cpp
+void register_routing_cpu_kernels(pybind11::module_& m);   // csrc/cpu/routing_bindings.cpp
+void register_routing_cuda_kernels(pybind11::module_& m);  // csrc/cuda/routing_bindings.cu
 }  // namespace mmhnet

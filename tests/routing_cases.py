@@ -25,7 +25,12 @@ CASES = {
 
 def make_case(name, device="cpu"):
     """float64 q, k, x (T, dim) and int32 cu_seqlens for one of CASES."""
-    lengths, dim, kind = CASES[name]
+    return make_packed(*CASES[name], device=device)
+
+
+def make_packed(lengths, dim, kind, device="cpu"):
+    """float64 q, k, x (T, dim) and int32 cu_seqlens: sequences of ``lengths`` packed, q and k
+    related as ``kind`` says (see CASES)."""
     total = sum(lengths)
     kw = dict(dtype=torch.float64, device=device)
     k = torch.randn(total, dim, **kw)

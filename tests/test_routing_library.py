@@ -6,11 +6,11 @@ from torch.library import opcheck
 
 from mmhnet import ops
 from mmhnet.ops import reference as ref
-from routing_cases import backend_device, backend_params, make_case
+from routing_cases import backend_device, backend_params, make_packed
 
 
 def _inputs(dev):
-    q, k, x, cu = make_case("random", dev)
+    q, k, x, cu = make_packed([3, 0, 4, 1], 5, "random", dev)
     p, mask = ref.route_boundaries_reference(q, k, cu)
     xc, chunk_cu, chunk_id = ref.chunk_gather_reference(x, mask, cu)
     f32 = dict(dtype=torch.float32)

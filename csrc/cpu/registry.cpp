@@ -4,5 +4,6 @@
 namespace mmhnet {
 void register_cpu_kernels(pybind11::module_& m) {
     register_scan_cpu(m);
+    register_routing_cpu_kernels(m);
 }
 }  // namespace mmhnet

@@ -29,13 +29,13 @@ BOOL = (torch.bool,)
 
 # Backends each op implements, and the function mmhnet._C / mmhnet._C_cuda must export for it.
 _OPS = {
-    "route_boundaries": (("reference", "triton"), "routing_boundaries"),
-    "chunk_gather": (("reference", "triton"), "routing_compact_rows"),
-    "chunk_scatter": (("reference", "triton"), "routing_segment_sum"),
-    "ema_smooth": (("reference", "triton"), "routing_ema"),
-    "token_gather": (("reference", "triton"), "routing_gather_rows"),
-    "token_scatter": (("reference", "triton"), "routing_segment_sum"),
-    "ratio_loss": (("reference", "triton"), "routing_mask_p_means"),
+    "route_boundaries": (("reference", "triton", "cpu", "cuda"), "routing_boundaries"),
+    "chunk_gather": (("reference", "triton", "cpu", "cuda"), "routing_compact_rows"),
+    "chunk_scatter": (("reference", "triton", "cpu", "cuda"), "routing_segment_sum"),
+    "ema_smooth": (("reference", "triton", "cpu"), "routing_ema"),
+    "token_gather": (("reference", "triton", "cpu", "cuda"), "routing_gather_rows"),
+    "token_scatter": (("reference", "triton", "cpu", "cuda"), "routing_segment_sum"),
+    "ratio_loss": (("reference", "triton", "cpu"), "routing_mask_p_means"),
 }
 
 

@@ -1,0 +1,50 @@
+// Bindings of the CPU routing kernels into mmhnet._C (see routing_kernels.h for the contracts).
+#include <pybind11/pybind11.h>
+
+#include "cpu/routing_kernels.h"
+#include "registry.h"
+
+namespace py = pybind11;
+
+namespace mmhnet {
+
+void register_routing_cpu_kernels(py::module_& m) {
+    using namespace routing;
+    // the kernels only touch raw buffers: let other Python threads run meanwhile
+    auto nogil = py::call_guard<py::gil_scoped_release>();
+    m.def("routing_boundaries", &boundaries_forward, nogil, py::arg("q"), py::arg("k"),
+          py::arg("cu_seqlens"), py::arg("nseq"), py::arg("total"), py::arg("dim"),
+          py::arg("dtype"), py::arg("p"), py::arg("mask"),
+          "Boundary probabilities p (compute type) and mask of adjacent tokens.");
+    m.def("routing_boundaries_bwd", &boundaries_backward, nogil, py::arg("dp"), py::arg("q"),
+          py::arg("k"), py::arg("cu_seqlens"), py::arg("nseq"), py::arg("total"), py::arg("dim"),
+          py::arg("dtype"), py::arg("dq"), py::arg("dk"), "Backward of routing_boundaries.");
+    m.def("routing_chunk_index", &chunk_index, nogil, py::arg("mask"), py::arg("cu_seqlens"),
+          py::arg("nseq"), py::arg("total"), py::arg("chunk_id"), py::arg("chunk_cu_seqlens"),
+          "chunk_id and chunk_cu_seqlens from a prefix sum of the boundary mask.");
+    m.def("routing_compact_rows", &compact_rows, nogil, py::arg("x"), py::arg("mask"),
+          py::arg("chunk_id"), py::arg("total"), py::arg("num_chunks"), py::arg("row_bytes"),
+          py::arg("out"), "Copy the boundary rows of x to out[chunk_id].");
+    m.def("routing_gather_rows", &gather_rows, nogil, py::arg("src"), py::arg("index"),
+          py::arg("index_is64"), py::arg("keep"), py::arg("n"), py::arg("rows"),
+          py::arg("row_bytes"), py::arg("out"), "out[i] = src[index[i]] (0 where keep is false).");
+    m.def("routing_segment_sum", &segment_sum, nogil, py::arg("src"), py::arg("seg_id"),
+          py::arg("seg_is64"), py::arg("order"), py::arg("n"), py::arg("num_segments"),
+          py::arg("dim"), py::arg("dtype"), py::arg("dense"), py::arg("out"),
+          "Deterministic sum of the rows of each segment (seg_id non-decreasing).");
+    m.def("routing_confidence_grad", &confidence_grad, nogil, py::arg("dz"), py::arg("z_chunks"),
+          py::arg("chunk_id"), py::arg("id_is64"), py::arg("mask"), py::arg("total"),
+          py::arg("num_chunks"), py::arg("dim"), py::arg("dtype"), py::arg("dp"),
+          "Gradient of chunk_scatter's confidence straight-through estimator.");
+    m.def("routing_ema", &ema_forward, nogil, py::arg("z"), py::arg("p"), py::arg("cu_seqlens"),
+          py::arg("nseq"), py::arg("num_chunks"), py::arg("dim"), py::arg("dtype"),
+          py::arg("bidirectional"), py::arg("out"), "EMA over the chunks of each sequence.");
+    m.def("routing_ema_bwd", &ema_backward, nogil, py::arg("dout"), py::arg("z"), py::arg("p"),
+          py::arg("cu_seqlens"), py::arg("nseq"), py::arg("num_chunks"), py::arg("dim"),
+          py::arg("dtype"), py::arg("bidirectional"), py::arg("dz"), py::arg("dp"),
+          "Backward of routing_ema.");
+    m.def("routing_mask_p_means", &mask_p_means, nogil, py::arg("mask"), py::arg("p"),
+          py::arg("total"), py::arg("dtype"), py::arg("out"), "[mean(mask), mean(p)].");
+}
+
+}  // namespace mmhnet

@@ -1,0 +1,126 @@
+// Shared by the CPU routing kernels (csrc/cpu/routing_*.cpp): storage dtypes and their
+// conversion to the compute type, dtype dispatch, and raw-pointer helpers. No torch headers.
+//
+// Storage dtypes: float32, float64, float16, bfloat16. Arithmetic is in double for float64
+// storage and in float otherwise.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace mmhnet {
+namespace routing {
+
+enum class Dtype : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+
+struct Half {
+    uint16_t bits;
+};
+struct BFloat16 {
+    uint16_t bits;
+};
+
+inline float bits_to_float(uint32_t bits) {
+    float f;
+    std::memcpy(&f, &bits, sizeof(f));
+    return f;
+}
+
+inline uint32_t float_to_bits(float f) {
+    uint32_t bits;
+    std::memcpy(&bits, &f, sizeof(bits));
+    return bits;
+}
+
+inline float half_to_float(uint16_t h) {
+    uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t man = h & 0x3ffu;
+    if (exp == 0) {
+        if (man == 0) return bits_to_float(sign);
+        // subnormal: shift the mantissa up to the implicit bit, lowering the exponent
+        int shifts = 0;
+        while ((man & 0x400u) == 0) {
+            man <<= 1;
+            ++shifts;
+        }
+        man &= 0x3ffu;
+        return bits_to_float(sign | static_cast<uint32_t>(113 - shifts) << 23 | man << 13);
+    }
+    if (exp == 31) return bits_to_float(sign | 0x7f800000u | man << 13);
+    return bits_to_float(sign | (exp + 112) << 23 | man << 13);
+}
+
+// Round to nearest, ties to even (what torch does).
+inline uint16_t float_to_half(float f) {
+    uint32_t x = float_to_bits(f);
+    uint32_t sign = (x >> 16) & 0x8000u;
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) return static_cast<uint16_t>(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));
+    if (ax < 0x38800000u) {
+        // below the smallest normal half (2^-14): a multiple of 2^-24, rounded to nearest even
+        float scaled = bits_to_float(ax) * 16777216.0f;
+        return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(scaled)));
+    }
+    uint32_t h = ((ax >> 23) - 112) << 10 | ((ax >> 13) & 0x3ffu);
+    uint32_t rest = ax & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // a carry may reach infinity
+    if (h >= 0x7c00u) h = 0x7c00u;
+    return static_cast<uint16_t>(sign | h);
+}
+
+inline uint16_t float_to_bfloat16(float f) {
+    uint32_t x = float_to_bits(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);  // NaN
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return static_cast<uint16_t>(x >> 16);
+}
+
+template <class T>
+struct ComputeOf {
+    using type = float;
+};
+template <>
+struct ComputeOf<double> {
+    using type = double;
+};
+template <class T>
+using compute_t = typename ComputeOf<T>::type;
+
+inline float load(const float* p, int64_t i) { return p[i]; }
+inline double load(const double* p, int64_t i) { return p[i]; }
+inline float load(const Half* p, int64_t i) { return half_to_float(p[i].bits); }
+inline float load(const BFloat16* p, int64_t i) { return bits_to_float(static_cast<uint32_t>(p[i].bits) << 16); }
+
+inline void store(float* p, int64_t i, float v) { p[i] = v; }
+inline void store(double* p, int64_t i, double v) { p[i] = v; }
+inline void store(Half* p, int64_t i, float v) { p[i].bits = float_to_half(v); }
+inline void store(BFloat16* p, int64_t i, float v) { p[i].bits = float_to_bfloat16(v); }
+
+// Calls f(T{}) with T the C++ type of the storage dtype.
+template <class F>
+void dispatch(int dtype, const char* op, F&& f) {
+    switch (static_cast<Dtype>(dtype)) {
+        case Dtype::kFloat32: f(float{}); return;
+        case Dtype::kFloat64: f(double{}); return;
+        case Dtype::kFloat16: f(Half{}); return;
+        case Dtype::kBFloat16: f(BFloat16{}); return;
+    }
+    throw std::invalid_argument(std::string(op) + ": unknown dtype code " + std::to_string(dtype));
+}
+
+template <class T>
+T* ptr(uintptr_t address) {
+    return reinterpret_cast<T*>(address);
+}
+
+// An index tensor is int32 or int64; read it as int64.
+inline int64_t load_index(uintptr_t address, bool is64, int64_t i) {
+    return is64 ? ptr<const int64_t>(address)[i] : ptr<const int32_t>(address)[i];
+}
+
+}  // namespace routing
+}  // namespace mmhnet
