@@ -12,9 +12,12 @@ where S_in is the state entering the chunk (recomputed forward pass) and Adj the
 entering it (adjoint pass). The log-decay gradient comes from the identity
     dL_k = C_k . dC_k - B_k . dB_k        (forward: L inclusive, d lam_u = sum_{k>=u} dL_k)
     dM_k = B_k . dB_k - C_k . dC_k        (reverse: M exclusive, d lam_u = sum_{k>u} dM_k)
-summed inside the chunk and the sequence, plus, for tokens of the sequence that continues past
-the chunk's end, the part of the sum beyond the chunk, which equals <adjoint, state> at that
-boundary: <G_in[c], H_in[c+1]> (forward) and <Q_in[c+1], R_in[c]> (reverse).
+where the sums run over u's sequence. Since L and M enter only through differences, dL (dM)
+sums to zero over a sequence, so d lam_u = -sum_{k<u} dL_k (= -sum_{k<=u} dM_k): the part
+inside the chunk, plus, for a sequence entering from the left, the part before the chunk, which
+is minus the derivative with respect to the decay at the chunk's first boundary, an inner
+product <adjoint, state> there. Both of its factors are made of tiles this program already
+holds (the incoming states and the inter-chunk terms of dC or dB), so no chunk reads another's.
 """
 
 import triton
@@ -24,9 +27,21 @@ from .common import chunk_seq_ids, load_dt, load_rows, load_state, mm
 
 
 @triton.jit
-def _direction_grads(x, dy, CB, DYX, dtp, lam, A, Bm, Cm, S_in, Adj_in, corr, seq, seq_prev,
-                     seq_next, seq_last, i, IS_REV: tl.constexpr, MM_DTYPE: tl.constexpr,
-                     PREC: tl.constexpr):
+def _store_or_add(ptrs, value, mask, ADD: tl.constexpr):
+    """Store a (Q, N) gradient tile, or add it to the tile this program stored before (the other
+    direction's gradient of a shared tensor)."""
+    if ADD:
+        tl.debug_barrier()
+        value += tl.load(ptrs, mask=mask, other=0.0)
+    tl.store(ptrs, value, mask=mask)
+
+
+@triton.jit
+def _direction_grads(x, dy, CB, DYX, dtp, lam, A, Bm, Cm, S_in, Adj_in, seq, seq_prev, seq_next,
+                     i, dB_ptrs, dC_ptrs, io_n, ADD_B: tl.constexpr, ADD_C: tl.constexpr,
+                     IS_REV: tl.constexpr, MM_DTYPE: tl.constexpr, PREC: tl.constexpr):
+    """Gradients of one direction for one chunk. Stores dB and dC (per head, fp32) and returns
+    (dx contribution, d dt', dA contribution). Ordered so that few (Q, Q) tiles are live."""
     L = tl.cumsum(lam, 0)
     Lex = L - lam
     L_end = tl.sum(lam, 0)
@@ -41,23 +56,33 @@ def _direction_grads(x, dy, CB, DYX, dtp, lam, A, Bm, Cm, S_in, Adj_in, corr, se
         W = tl.exp(tl.where((s <= t) & same, L[:, None] - L[None, :], float("-inf")))
         w_out = tl.where(seq == seq_prev, tl.exp(L), 0.0)
         w_in = tl.where(seq == seq_next, tl.exp(L_end - L), 0.0)
+    # <adjoint, state> through the whole chunk, when one sequence runs across it
+    through = tl.where(seq_next == seq_prev, tl.exp(L_end), 0.0) * tl.sum(tl.sum(Adj_in * S_in, 1), 0)
     gB = mm(tl.trans(W * CB), dy, MM_DTYPE, PREC) \
         + w_in[:, None] * mm(Bm, tl.trans(Adj_in), MM_DTYPE, PREC)
     ddt_in = tl.sum(x * gB, 1)
     dx = dtp[:, None] * gB
     WD = W * DYX
-    dB = dtp[:, None] * (mm(tl.trans(WD), Cm, MM_DTYPE, PREC)
-                         + w_in[:, None] * mm(x, Adj_in, MM_DTYPE, PREC))
-    dC = mm(WD * dtp[None, :], Bm, MM_DTYPE, PREC) + w_out[:, None] * mm(dy, S_in, MM_DTYPE, PREC)
-    e = tl.sum(Cm * dC, 1) - tl.sum(Bm * dB, 1)
+    dC_in = w_out[:, None] * mm(dy, S_in, MM_DTYPE, PREC)
+    dC = mm(WD * dtp[None, :], Bm, MM_DTYPE, PREC) + dC_in
+    e = tl.sum(Cm * dC, 1)
+    _store_or_add(dC_ptrs, dC, io_n, ADD_C)
+    dB_in = (dtp * w_in)[:, None] * mm(x, Adj_in, MM_DTYPE, PREC)
+    dB = dtp[:, None] * mm(tl.trans(WD), Cm, MM_DTYPE, PREC) + dB_in
+    e -= tl.sum(Bm * dB, 1)
+    _store_or_add(dB_ptrs, dB, io_n, ADD_B)
+    # d lam_u: the sums of e over the sequence, written with the part before the chunk (the
+    # boundary term T, from this chunk's own tiles) because e sums to zero over a sequence
     if IS_REV:
-        dlam = -tl.sum(tl.where((s > t) & same, e[None, :], 0.0), 1)
+        T = tl.sum(tl.sum(Bm * dB_in, 1), 0) + through
+        dlam = tl.sum(tl.where((s <= t) & same, e[None, :], 0.0), 1)
     else:
-        dlam = tl.sum(tl.where((s >= t) & same, e[None, :], 0.0), 1)
-    dlam += tl.where((seq == seq_last) & (seq_next == seq_last), corr, 0.0)
+        T = tl.sum(tl.sum(Cm * dC_in, 1), 0) + through
+        dlam = -tl.sum(tl.where((s < t) & same, e[None, :], 0.0), 1)
+    dlam += tl.where(seq == seq_prev, T, 0.0)
     dA = tl.sum(dtp * dlam, 0)
     ddtp = ddt_in + A * dlam
-    return dx, ddtp, dB, dC, dA
+    return dx, ddtp, dA
 
 
 @triton.jit
@@ -107,9 +132,6 @@ def chunk_scan_bwd_kernel(
     dy_base = dy_ptr + b * s_dyb + row0 * s_dyl + h * s_dyh
     chunk_idx = pid_bh.to(tl.int64) * nchunks + pid_c
     state_off = chunk_idx * P * N
-    # states of the next chunk, for the boundary term of the log-decay gradient (the last chunk
-    # reads its own: no sequence continues past it, so the term is masked out)
-    next_off = (chunk_idx + (pid_c + 1 < nchunks).to(tl.int64)) * P * N
     dtp_f, pre_f = load_dt(dtf_ptr + b * s_dtfb + row0 * s_dtfl + h * s_dtfh, s_dtfl, i, valid,
                            bias, HAS_BIAS, SOFTPLUS)
     if SHARE_DT:
@@ -140,11 +162,10 @@ def chunk_scan_bwd_kernel(
         DYX_f = mm(dy_f, tl.trans(x), MM_DTYPE, PREC)
         H_in = load_state(statef_ptr + state_off, offs_p, offs_n, P, N)
         G_in = load_state(adjf_ptr + state_off, offs_p, offs_n, P, N)
-        H_next = load_state(statef_ptr + next_off, offs_p, offs_n, P, N)
-        corr_f = tl.sum(tl.sum(G_in * H_next, 1), 0)
-        dx_f, ddtp_f, dB_f, dC_f, dA_f = _direction_grads(
-            x, dy_f, CB_f, DYX_f, dtp_f, dtp_f * A_f, A_f, Bm_f, Cm_f, H_in, G_in, corr_f, seq,
-            seq_prev, seq_next, seq_last, i, False, MM_DTYPE, PREC)
+        dx_f, ddtp_f, dA_f = _direction_grads(
+            x, dy_f, CB_f, DYX_f, dtp_f, dtp_f * A_f, A_f, Bm_f, Cm_f, H_in, G_in, seq, seq_prev,
+            seq_next, i, dBf_ptr + dBC_off, dCf_ptr + dBC_off, io_n, False,
+            False, False, MM_DTYPE, PREC)
         dx += dx_f
         tl.store(dAf_ptr + chunk_idx, dA_f)
     if HAS_R:
@@ -169,36 +190,26 @@ def chunk_scan_bwd_kernel(
             DYX_r = mm(dy_r, tl.trans(x), MM_DTYPE, PREC)
         R_in = load_state(stater_ptr + state_off, offs_p, offs_n, P, N)
         Q_in = load_state(adjr_ptr + state_off, offs_p, offs_n, P, N)
-        Q_next = load_state(adjr_ptr + next_off, offs_p, offs_n, P, N)
-        corr_r = tl.sum(tl.sum(Q_next * R_in, 1), 0)
-        dx_r, ddtp_r, dB_r, dC_r, dA_r = _direction_grads(
-            x, dy_r, CB_r, DYX_r, dtp_r, dtp_r * A_r, A_r, Bm_r, Cm_r, R_in, Q_in, corr_r, seq,
-            seq_prev, seq_next, seq_last, i, True, MM_DTYPE, PREC)
+        # a tensor shared with the forward direction accumulates into its gradient
+        dx_r, ddtp_r, dA_r = _direction_grads(
+            x, dy_r, CB_r, DYX_r, dtp_r, dtp_r * A_r, A_r, Bm_r, Cm_r, R_in, Q_in, seq, seq_prev,
+            seq_next, i, dBr_ptr + dBC_off, dCr_ptr + dBC_off, io_n,
+            HAS_F and SHARE_B, HAS_F and SHARE_C, True, MM_DTYPE, PREC)
         dx += dx_r
         tl.store(dAr_ptr + chunk_idx, dA_r)
 
-    # dt (through bias and softplus), B and C: a shared tensor gets the sum of both directions
+    # dt, through bias and softplus; a shared dt gets the sum of both directions
     if HAS_F:
         if HAS_R and SHARE_DT:
             ddtp_f += ddtp_r
         if SOFTPLUS:
             ddtp_f = ddtp_f * tl.sigmoid(pre_f)
         tl.store(ddtf_ptr + rows * H + h, ddtp_f, mask=valid)
-        if HAS_R and SHARE_B:
-            dB_f += dB_r
-        tl.store(dBf_ptr + dBC_off, dB_f, mask=io_n)
-        if HAS_R and SHARE_C:
-            dC_f += dC_r
-        tl.store(dCf_ptr + dBC_off, dC_f, mask=io_n)
     if HAS_R:
         if not (HAS_F and SHARE_DT):
             if SOFTPLUS:
                 ddtp_r = ddtp_r * tl.sigmoid(pre_r)
             tl.store(ddtr_ptr + rows * H + h, ddtp_r, mask=valid)
-        if not (HAS_F and SHARE_B):
-            tl.store(dBr_ptr + dBC_off, dB_r, mask=io_n)
-        if not (HAS_F and SHARE_C):
-            tl.store(dCr_ptr + dBC_off, dC_r, mask=io_n)
 
     dy0 = load_rows(dy_base, s_dyl, s_dyp, i, offs_p, P, L_row, pos, seq, seq_ptr, 0, HAS_SEQ)
     if HAS_D:

@@ -136,7 +136,7 @@ def _states(pb, u, adjoint, shift_f=0, shift_r=0):
         f.A, r.A, pb.opt(pb.dt_bias), pb.opt(pb.seq_idx),
         states_f, states_r, carry_f, carry_r,
         pb.L, pb.H, pb.H // pb.G, pb.P, pb.N, pb.nchunks,
-        ADJOINT=adjoint, SHIFT_F=shift_f, SHIFT_R=shift_r, **pb.common_flags(),
+        ADJOINT=adjoint, SHIFT_F=shift_f, SHIFT_R=shift_r, **pb.common_flags(), num_warps=8,
     )
     PN = pb.P * pb.N
     block = min(1024, triton.next_power_of_2(PN))
@@ -165,7 +165,7 @@ def _chunk_scan(pb, x, z, D, quasi, states_f, states_r, out, dy=None, dz=None):
         pb.L, pb.H, pb.H // pb.G, pb.P, pb.N, pb.nchunks,
         QUASI=quasi, C_SHIFT_F=-1 if quasi else 0, C_SHIFT_R=1 if quasi else 0,
         SHARE_CB=share_cb, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
-        HAS_Z=z is not None, GATE_BWD=dy is not None, **pb.common_flags(),
+        HAS_Z=z is not None, GATE_BWD=dy is not None, **pb.common_flags(), num_warps=8,
     )
 
 
@@ -221,6 +221,7 @@ def scan_bwd(dy, x, fwd, rev, D, z, dt_bias, seq_idx, dt_softplus, quasi, chunk_
         L, H, H // G, P, N, pb.nchunks,
         DY_SHIFT_F=shift_f, DY_SHIFT_R=shift_r, SHARE_B=pb.share_B, SHARE_C=pb.share_C,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, **pb.common_flags(),
+        num_warps=8,
     )
 
     def reduce(buf):
