@@ -58,10 +58,10 @@ def _common(io, **over):
     return flags
 
 
-def variants():
+def variants(dtypes=("bf16", "fp16", "fp32")):
     """(name, kernel, input dtype, constexprs, num_warps) for the launches scan_fwd/scan_bwd make."""
     out = []
-    for io in ("bf16", "fp16", "fp32"):
+    for io in dtypes:
         quasi = io == "fp16"
         out.append((f"chunk_state {io}", chunk_state_kernel, io,
                     _common(io, ADJOINT=False, SHIFT_F=0, SHIFT_R=0), 8))
@@ -110,12 +110,14 @@ def resource_usage(cubin):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arch", nargs="+", type=int, default=[90, 80])
+    parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp16", "fp32"],
+                        choices=["bf16", "fp16", "fp32"])
     args = parser.parse_args(argv)
     print("| kernel | sm | warps | registers | spill (STACK bytes) | shared bytes |")
     print("|---|---|---|---|---|---|")
     failures = 0
     for arch in args.arch:
-        for name, kernel, io, constexprs, warps in variants():
+        for name, kernel, io, constexprs, warps in variants(args.dtypes):
             try:
                 k = triton.compile(ASTSource(kernel, signature(kernel, io), constexprs),
                                    target=GPUTarget("cuda", arch, 32),
