@@ -147,3 +147,12 @@ def test_torch_compile_fullgraph(backend, packed):
     f(*(a[k] for k in keys)).backward()
     for k, g in zip(grad_keys, grads):
         assert_close_rel(g, a[k].grad, 1e-5, f"compiled d{k}")
+
+
+def test_cu_seqlens_validated_again_after_modification():
+    a = make_scan_inputs(1, 9, 2, 4, 1, 8)
+    cu = torch.tensor([0, 4, 9], dtype=torch.int32)
+    ops.bi_selective_scan(**a, cu_seqlens=cu, backend="reference")
+    cu[1] = 10  # in place: the version counter changes, the cached validation must not apply
+    with pytest.raises(ValueError, match="must not decrease"):
+        ops.bi_selective_scan(**a, cu_seqlens=cu, backend="reference")

@@ -5,6 +5,9 @@ device checks only read metadata, so they also run under torch.compile; checks o
 *values* (``check_cu_seqlens_values``) run inside the custom ops, where data may be read.
 """
 
+import collections
+import weakref
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -63,9 +66,20 @@ def check_cu_seqlens_meta(cu_seqlens, batch, name="cu_seqlens"):
         raise ValueError(f"{name} packs sequences along the length, so batch must be 1; got batch {batch}")
 
 
+# Offsets already validated: (weak reference, version counter, total). One packed batch passes
+# the same cu_seqlens to every layer of a model; only its first use pays the host sync.
+_VALIDATED = collections.deque(maxlen=8)
+
+
+def _already_validated(t, total):
+    return any(ref() is t and version == t._version and tot == total
+               for ref, version, tot in _VALIDATED)
+
+
 def check_cu_seqlens_values(cu_seqlens, total, name="cu_seqlens"):
-    """Value checks (one host sync): starts at 0, never decreases, ends at ``total``."""
-    if cu_seqlens is None:
+    """Value checks: starts at 0, never decreases, ends at ``total``. Costs one host sync the
+    first time a given (unmodified) offsets tensor is seen."""
+    if cu_seqlens is None or _already_validated(cu_seqlens, total):
         return
     vals = cu_seqlens.tolist()
     if vals[0] != 0:
@@ -76,6 +90,7 @@ def check_cu_seqlens_values(cu_seqlens, total, name="cu_seqlens"):
                              f"{name}[{i - 1}] = {vals[i - 1]}")
     if vals[-1] != total:
         raise ValueError(f"{name} must end at the total length {total}, got {vals[-1]}")
+    _VALIDATED.append((weakref.ref(cu_seqlens), cu_seqlens._version, total))
 
 
 def check_choice(name, value, choices):
