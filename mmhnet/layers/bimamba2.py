@@ -223,8 +223,9 @@ class BiMamba2(nn.Module):
         contiguous in each row; padded rows come out zero."""
         check_tokens(x, self.d_model, cu_seqlens, mask)
         z0, x0, z, xBC, dt = torch.split(self.in_proj(x), self._in_split, dim=-1)
-        dt, dt_rev = (dt[..., :self.nheads], dt[..., self.nheads:]) if "dt" in self.reverse_params \
-            else (dt, None)
+        dt_rev = None
+        if "dt" in self.reverse_params:
+            dt, dt_rev = dt[..., :self.nheads], dt[..., self.nheads:]
         A = -torch.exp(self.A_log.float())
         A_rev = -torch.exp(self.A_log_rev.float()) if "A" in self.reverse_params else None
         gate_in_scan = not self.rmsnorm and not self.D_from_input
@@ -232,7 +233,8 @@ class BiMamba2(nn.Module):
         common = dict(cu_seqlens=cu_seqlens, backend=self.backend, **self._effective_dt(dt, dt_rev))
 
         if self.conv_per_direction:
-            y, xs = self._scan_per_direction(xBC, A, A_rev, zs, cu_seqlens, mask, common), None
+            xs = None  # each direction has its own x
+            y = self._scan_per_direction(xBC, A, A_rev, zs, cu_seqlens, mask, common)
         else:
             xs, B, C, B_rev, C_rev = torch.split(self.conv1d(xBC, cu_seqlens, mask),
                                                  self._conv_split, dim=-1)
