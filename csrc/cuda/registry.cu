@@ -2,5 +2,7 @@
 #include "registry.h"
 
 namespace mmhnet {
-void register_cuda_kernels(pybind11::module_& m) { (void)m; }
+void register_cuda_kernels(pybind11::module_& m) {
+    register_routing_cuda_kernels(m);
+}
 }  // namespace mmhnet
