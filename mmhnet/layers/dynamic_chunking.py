@@ -22,7 +22,7 @@ d_model) with ``cu_seqlens``; padded with ``mask`` (the padding is dropped befor
 comes back as zero rows).
 """
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
