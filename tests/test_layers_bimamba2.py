@@ -243,7 +243,7 @@ def test_bad_options_get_clear_errors(options, match):
 
 def test_torch_compile_matches_eager():
     m = build(mode="quasiseparable")
-    compiled = torch.compile(m)
+    compiled = torch.compile(m, fullgraph=True)
     x = torch.randn(2, 20, 16, requires_grad=True)
     y_eager = m(x)
     g_eager = torch.autograd.grad(y_eager.square().sum(), [x, m.in_proj.weight])
