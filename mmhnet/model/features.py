@@ -1,0 +1,180 @@
+"""The input feature layout: frame counts per duration, the sync-to-audio index, validation, and
+feature files.
+
+For a clip of V visual frames (V / 8 seconds):
+
+    visual  (V, 1024)      CLIP-like features at 8 fps
+    sync    (3 V, 768)     Synchformer-like features at 24 fps
+    text    (77, 1024)     text token features (one set per clip)
+    latent  (A, 20 | 40)   audio latents, A = ceil(V / 8 * sample_rate / hop)  (training only)
+
+so 8 s is 64 / 192 / 77 / 250 (16 kHz) or 345 (44.1 kHz) rows, and 300 s is 2400 / 7200 / 77 /
+9375 (16 kHz). A feature file is ``torch.save`` of a dict with exactly these keys (``latent``
+optional for generation), unbatched. Batched tensors in the model carry a leading batch axis.
+"""
+
+import math
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["FeatureError", "Conditions", "FrameCounts", "frame_counts", "sync_index",
+           "validate_features", "validate_batch", "load_feature_file", "save_feature_file",
+           "FEATURE_KEYS"]
+
+FEATURE_KEYS = ("visual", "sync", "text", "latent")
+
+
+class FeatureError(ValueError):
+    """A feature tensor or file does not have the layout the model reads; the message names the
+    field and what was expected."""
+
+
+class Conditions(NamedTuple):
+    """The conditioning features of a batch.
+
+    visual (B, V, visual_dim); sync (B, sync_per_visual * V, sync_dim); text (B, text_tokens,
+    text_dim).
+    """
+    visual: torch.Tensor
+    sync: torch.Tensor
+    text: torch.Tensor
+
+    @property
+    def batch(self):
+        return self.visual.shape[0]
+
+    def to(self, *args, **kwargs):
+        return Conditions(*(t.to(*args, **kwargs) for t in self))
+
+    @staticmethod
+    def cat(items):
+        """Concatenate along the batch axis."""
+        return Conditions(*(torch.cat(parts) for parts in zip(*items)))
+
+
+class FrameCounts(NamedTuple):
+    """Rows of each stream for one clip: visual, sync, audio (latent frames)."""
+    visual: int
+    sync: int
+    audio: int
+    seconds: float
+
+
+def frame_counts(config, seconds=None, *, visual_frames=None):
+    """FrameCounts of a clip of ``seconds`` (rounded to whole visual frames) or of
+    ``visual_frames`` visual frames. Integer arithmetic: 300 s at 16 kHz -> 9375 audio frames."""
+    if (seconds is None) == (visual_frames is None):
+        raise ValueError("give seconds or visual_frames")
+    if visual_frames is None:
+        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"seconds must be a positive number, got {seconds!r}")
+        visual_frames = round(seconds * config.visual_fps)
+        if visual_frames < 1:
+            raise ValueError(f"{seconds} s is shorter than one visual frame "
+                             f"(1 / {config.visual_fps} s)")
+    fmt = config.audio_format
+    audio = -(-visual_frames * fmt.sample_rate // (config.visual_fps * fmt.hop))
+    return FrameCounts(visual_frames, visual_frames * config.sync_per_visual, audio,
+                       visual_frames / config.visual_fps)
+
+
+def sync_index(num_audio, config, device=None):
+    """For each audio frame, the sync frame that covers its centre: (num_audio,) int64.
+
+    Audio frame i is centred at (i + 1/2) hop / sample_rate seconds; at sync_fps frames per
+    second that is sync frame floor((2 i + 1) sync_fps hop / (2 sample_rate)), computed exactly
+    in integers. No positional information is involved: only frame rates.
+    """
+    fmt = config.audio_format
+    i = torch.arange(num_audio, device=device, dtype=torch.int64)
+    return (2 * i + 1) * (config.sync_fps * fmt.hop) // (2 * fmt.sample_rate)
+
+
+def _check_tensor(field, t, shape, where):
+    """shape: expected sizes, None where any size is allowed."""
+    if not isinstance(t, torch.Tensor):
+        raise FeatureError(f"{where}'{field}' must be a torch.Tensor, got {type(t).__name__}")
+    if not t.dtype.is_floating_point:
+        raise FeatureError(f"{where}'{field}' must be a floating-point tensor, got {t.dtype}")
+    names = ", ".join("*" if s is None else str(s) for s in shape)
+    if t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape)):
+        raise FeatureError(f"{where}'{field}' must have shape ({names}), got {tuple(t.shape)}")
+
+
+def _check_durations(config, visual, sync, latent, where, batched):
+    axis = 1 if batched else 0
+    counts = frame_counts(config, visual_frames=visual.shape[axis]) if visual.shape[axis] else None
+    if counts is None:
+        raise FeatureError(f"{where}'visual' has no frames: a clip needs at least one")
+    if sync.shape[axis] != counts.sync:
+        raise FeatureError(
+            f"{where}'sync' has {sync.shape[axis]} frames but 'visual' has {counts.visual} frames "
+            f"({counts.seconds:g} s at {config.visual_fps} fps), which needs {counts.sync} sync "
+            f"frames at {config.sync_fps} fps: the durations do not match")
+    if latent is not None and latent.shape[axis] != counts.audio:
+        raise FeatureError(
+            f"{where}'latent' has {latent.shape[axis]} frames but 'visual' has {counts.visual} "
+            f"frames ({counts.seconds:g} s), which needs {counts.audio} latent frames at "
+            f"{config.audio_format.frame_rate:g} Hz: the durations do not match")
+    return counts
+
+
+def validate_features(features, config, *, need_latent=False, where="features: "):
+    """Check one clip's feature dict (unbatched tensors) against ``config``. Returns its
+    FrameCounts; raises FeatureError naming the field otherwise."""
+    if not isinstance(features, dict):
+        raise FeatureError(f"{where}expected a dict with keys {FEATURE_KEYS}, got "
+                           f"{type(features).__name__}")
+    unknown = sorted(set(features) - set(FEATURE_KEYS))
+    if unknown:
+        raise FeatureError(f"{where}unknown keys {unknown}; a feature dict has exactly "
+                           f"{FEATURE_KEYS} ('latent' optional for generation)")
+    required = FEATURE_KEYS if need_latent else FEATURE_KEYS[:3]
+    missing = [k for k in required if k not in features]
+    if missing:
+        raise FeatureError(f"{where}missing {missing}" + (" (training needs the audio latents)"
+                                                          if missing == ["latent"] else ""))
+    _check_tensor("visual", features["visual"], (None, config.visual_dim), where)
+    _check_tensor("sync", features["sync"], (None, config.sync_dim), where)
+    _check_tensor("text", features["text"], (config.text_tokens, config.text_dim), where)
+    latent = features.get("latent")
+    if latent is not None:
+        _check_tensor("latent", latent, (None, config.latent_dim), where)
+    for key in required:
+        if not torch.isfinite(features[key]).all():
+            raise FeatureError(f"{where}'{key}' has NaN or infinite values")
+    return _check_durations(config, features["visual"], features["sync"], latent, where, False)
+
+
+def validate_batch(config, conditions, latent=None):
+    """Check batched model inputs: Conditions and optionally latents (B, A, latent_dim).
+    Metadata only (no host sync). Returns the FrameCounts of one clip."""
+    where = "model input "
+    b = conditions.visual.shape[0] if isinstance(conditions.visual, torch.Tensor) else None
+    _check_tensor("visual", conditions.visual, (b, None, config.visual_dim), where)
+    _check_tensor("sync", conditions.sync, (b, None, config.sync_dim), where)
+    _check_tensor("text", conditions.text, (b, config.text_tokens, config.text_dim), where)
+    if latent is not None:
+        _check_tensor("latent", latent, (b, None, config.latent_dim), where)
+    return _check_durations(config, conditions.visual, conditions.sync, latent, where, True)
+
+
+def load_feature_file(path, config, *, need_latent=False):
+    """Read and validate a feature file (module docstring). Returns (features dict,
+    FrameCounts); every error names the file and the field."""
+    try:
+        features = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FeatureError(f"feature file {path}: no such file") from None
+    except Exception as exc:  # torch.load raises many types for a malformed file
+        raise FeatureError(f"feature file {path}: cannot be read by torch.load ({exc})") from None
+    counts = validate_features(features, config, need_latent=need_latent,
+                               where=f"feature file {path}: ")
+    return {k: v.float() for k, v in features.items()}, counts
+
+
+def save_feature_file(path, features, config):
+    """Validate and write one clip's features (unbatched tensors)."""
+    validate_features(features, config)
+    torch.save({k: v.detach().cpu().contiguous() for k, v in features.items()}, path)
