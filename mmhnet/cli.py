@@ -23,6 +23,12 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="show the installed backends")
     p.set_defaults(func=_info)
+    from .model.cli import add_model_commands  # presets, train, generate
+
+    add_model_commands(sub)
+    from .profile.cli import add_parser as add_profile_command  # memory and time profile
+
+    add_profile_command(sub)
     return parser
 
 

@@ -32,25 +32,28 @@ __all__ = ["AttentionBaseline"]
 class AttentionBranch(nn.Module):
     """One modality's weights in an adaLN attention block (MMAudio's single block without its
     convolutions). ``project`` -> (q, k, v) heads; ``finish`` adds the attention output and the
-    MLP, gated."""
+    MLP, gated. A ``project_only`` branch (video and text in the last joint block, whose outputs
+    nothing reads) has no output projection or MLP."""
 
-    def __init__(self, d_model, num_heads, d_intermediate=None):
+    def __init__(self, d_model, num_heads, d_intermediate=None, project_only=False):
         super().__init__()
         self.num_heads, self.headdim = num_heads, d_model // num_heads
         self.norm_attn = nn.LayerNorm(d_model, elementwise_affine=False, eps=1e-6)
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.q_norm = RMSNorm(self.headdim)
         self.k_norm = RMSNorm(self.headdim)
-        self.out = nn.Linear(d_model, d_model)
-        self.norm_mlp = nn.LayerNorm(d_model, elementwise_affine=False, eps=1e-6)
-        self.mlp = SwiGLU(d_model, d_intermediate)
-        self.modulation = nn.Linear(d_model, 6 * d_model)
+        if not project_only:
+            self.out = nn.Linear(d_model, d_model)
+            self.norm_mlp = nn.LayerNorm(d_model, elementwise_affine=False, eps=1e-6)
+            self.mlp = SwiGLU(d_model, d_intermediate)
+        self.modulation = nn.Linear(d_model, (2 if project_only else 6) * d_model)
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
     def project(self, x, cond, rotation=None):
         """x (B, N, d), cond (B, d) -> ((q, k, v) each (B, H, N, headdim), modulation)."""
-        mod = self.modulation(cond)[:, None].to(x.dtype).chunk(6, dim=-1)
+        mod = self.modulation(cond)[:, None].to(x.dtype).chunk(self.modulation.out_features
+                                                               // x.shape[-1], dim=-1)
         h = self.norm_attn(x) * (1 + mod[1]) + mod[0]
         b, n, _ = x.shape
         q, k, v = self.qkv(h).view(b, n, 3, self.num_heads, self.headdim).permute(2, 0, 3, 1, 4)
@@ -67,13 +70,15 @@ class AttentionBranch(nn.Module):
 
 
 class JointBlock(nn.Module):
-    """Audio (B, A, d), video (B, V, d), text (B, K, d) attend jointly; each keeps its weights."""
+    """Audio (B, A, d), video (B, V, d), text (B, K, d) attend jointly; each keeps its weights.
+    ``last``: video and text only provide keys and values and come out unchanged."""
 
-    def __init__(self, d_model, num_heads, d_intermediate=None):
+    def __init__(self, d_model, num_heads, d_intermediate=None, last=False):
         super().__init__()
+        self.last = last
         self.audio = AttentionBranch(d_model, num_heads, d_intermediate)
-        self.video = AttentionBranch(d_model, num_heads, d_intermediate)
-        self.text = AttentionBranch(d_model, num_heads, d_intermediate)
+        self.video = AttentionBranch(d_model, num_heads, d_intermediate, project_only=last)
+        self.text = AttentionBranch(d_model, num_heads, d_intermediate, project_only=last)
 
     def forward(self, audio, video, text, cond, audio_rot, video_rot):
         qa, ma = self.audio.project(audio, cond, audio_rot)
@@ -82,8 +87,10 @@ class JointBlock(nn.Module):
         q, k, v = (torch.cat(parts, dim=2) for parts in zip(qa, qv, qt))
         out = F.scaled_dot_product_attention(q, k, v)
         a, n = audio.shape[1], video.shape[1]
-        return (self.audio.finish(audio, out[:, :, :a], ma),
-                self.video.finish(video, out[:, :, a:a + n], mv),
+        audio = self.audio.finish(audio, out[:, :, :a], ma)
+        if self.last:
+            return audio, video, text
+        return (audio, self.video.finish(video, out[:, :, a:a + n], mv),
                 self.text.finish(text, out[:, :, a + n:], mt))
 
 
@@ -109,8 +116,9 @@ class AttentionBaseline(nn.Module):
         inter = config.d_intermediate or None
         self.conditions = ConditionEncoder(config)
         self.audio_in = nn.Linear(config.latent_dim, d)
-        self.joint_blocks = nn.ModuleList(JointBlock(d, heads, inter)
-                                          for _ in range(config.baseline_joint_depth))
+        joint = config.baseline_joint_depth
+        self.joint_blocks = nn.ModuleList(JointBlock(d, heads, inter, last=i == joint - 1)
+                                          for i in range(joint))
         self.fused_blocks = nn.ModuleList(FusedBlock(d, heads, inter)
                                           for _ in range(config.baseline_fused_depth))
         self.head = VelocityHead(d, config.latent_dim)

@@ -107,7 +107,7 @@ class ConditionEncoder(nn.Module):
         text = _replace_dropped(conditions.text, self.null_text, drop_text)
         video = self.visual_proj(visual)
         text = self.text_proj(text)
-        index = sync_index(counts.audio, self.config, device=sync.device)
+        index = sync_index(counts.audio, counts.sync, self.config, device=sync.device)
         sync_frames = self.sync_proj(sync).index_select(1, index)
         pooled = self.global_mlp(self.pool_video(video.mean(1)) + self.pool_text(text.mean(1)))
         return EncodedConditions(video, text, sync_frames, pooled)

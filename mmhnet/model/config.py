@@ -129,16 +129,16 @@ class ModelConfig:
 PRESETS = {
     "tiny": ModelConfig(name="tiny", d_model=64, encoder_depth=1, multimodal_depth=2,
                         audio_depth=1, decoder_depth=1, d_state=32, headdim=16, num_heads=4,
-                        baseline_joint_depth=1, baseline_fused_depth=3),
+                        baseline_joint_depth=2, baseline_fused_depth=2),
     "S": ModelConfig(name="S", d_model=448, d_intermediate=1792, encoder_depth=4,
                      multimodal_depth=10, audio_depth=10, decoder_depth=6, d_state=128,
-                     headdim=64, num_heads=7, baseline_joint_depth=6, baseline_fused_depth=16),
+                     headdim=64, num_heads=7, baseline_joint_depth=6, baseline_fused_depth=17),
     "M": ModelConfig(name="M", audio="44k", d_model=896, d_intermediate=3584, encoder_depth=4,
                      multimodal_depth=10, audio_depth=11, decoder_depth=6, d_state=128,
-                     headdim=64, num_heads=14, baseline_joint_depth=6, baseline_fused_depth=17),
+                     headdim=64, num_heads=14, baseline_joint_depth=6, baseline_fused_depth=18),
     "L": ModelConfig(name="L", audio="44k", d_model=896, d_intermediate=3584, encoder_depth=6,
                      multimodal_depth=18, audio_depth=18, decoder_depth=10, d_state=128,
-                     headdim=64, num_heads=14, baseline_joint_depth=10, baseline_fused_depth=28),
+                     headdim=64, num_heads=14, baseline_joint_depth=10, baseline_fused_depth=29),
 }
 
 

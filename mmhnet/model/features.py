@@ -79,16 +79,19 @@ def frame_counts(config, seconds=None, *, visual_frames=None):
                        visual_frames / config.visual_fps)
 
 
-def sync_index(num_audio, config, device=None):
+def sync_index(num_audio, num_sync, config, device=None):
     """For each audio frame, the sync frame that covers its centre: (num_audio,) int64.
 
     Audio frame i is centred at (i + 1/2) hop / sample_rate seconds; at sync_fps frames per
     second that is sync frame floor((2 i + 1) sync_fps hop / (2 sample_rate)), computed exactly
-    in integers. No positional information is involved: only frame rates.
+    in integers, and clamped to the last sync frame (the last audio frame may reach past the
+    video: 2 s is 62.5 frames at 31.25 Hz, rounded up to 63). Only frame rates are involved,
+    no positional information.
     """
     fmt = config.audio_format
     i = torch.arange(num_audio, device=device, dtype=torch.int64)
-    return (2 * i + 1) * (config.sync_fps * fmt.hop) // (2 * fmt.sample_rate)
+    index = (2 * i + 1) * (config.sync_fps * fmt.hop) // (2 * fmt.sample_rate)
+    return index.clamp_(max=num_sync - 1)
 
 
 def _check_tensor(field, t, shape, where):
