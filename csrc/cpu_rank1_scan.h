@@ -8,8 +8,13 @@
 // padded with zeros to `ipad` / `jpad`, multiples of kPad. The state is stored S[j][i]. A tile
 // keeps one vector of lanes times kTileJ state columns in registers across all steps of the
 // block; b_k[j] and c_k[j] are broadcast from memory.
+//
+// While it runs, the block issues the prefetches it is given (the rows the next block will
+// read and write), spread evenly over its steps: inputs of other heads sit a page apart and a
+// burst of misses would stall the loop.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -52,10 +57,38 @@ inline void vstore(T* p, Vec<T> v) {
 
 inline int64_t padded(int64_t n) { return (n + kPad - 1) / kPad * kPad; }
 
+// Cache lines to fetch while a block runs, for reading and for writing.
+struct Prefetches {
+    const void* const* read = nullptr;
+    int64_t nread = 0;
+    const void* const* write = nullptr;
+    int64_t nwrite = 0;
+};
+
+// Issues `count` prefetches spread over the steps of a loop: call issue() once per step.
+template <bool kWrite>
+class PrefetchIssuer {
+  public:
+    PrefetchIssuer(const void* const* lines, int64_t count, int64_t nsteps)
+        : lines_(lines), count_(count), per_step_(nsteps > 0 ? (count + nsteps - 1) / nsteps : 0) {}
+
+    void issue() {
+        const int64_t end = std::min(count_, next_ + per_step_);
+        for (; next_ < end; ++next_) __builtin_prefetch(lines_[next_], kWrite ? 1 : 0, 2);
+    }
+
+  private:
+    const void* const* lines_;
+    int64_t count_, per_step_, next_ = 0;
+};
+
 // One tile: lanes [i0, i0 + kLanes) x columns [j0, j0 + kTileJ); pointers already offset.
 template <typename T>
 inline void rank1_scan_tile(int64_t nsteps, const T* v, const T* b, const T* c, const T* mult,
-                            int64_t ipad, int64_t jpad, T* state, T* out, bool accumulate) {
+                            int64_t ipad, int64_t jpad, T* state, T* out, bool accumulate,
+                            const Prefetches& pf) {
+    PrefetchIssuer<false> reads(pf.read, pf.nread, nsteps);
+    PrefetchIssuer<true> writes(pf.write, pf.nwrite, nsteps);
     Vec<T> s[kTileJ];
 #pragma GCC unroll 16
     for (int j = 0; j < kTileJ; ++j) s[j] = vload(state + j * ipad);
@@ -78,6 +111,8 @@ inline void rank1_scan_tile(int64_t nsteps, const T* v, const T* b, const T* c, 
         for (int a = 1; a < kAccumulators; ++a) acc[0] += acc[a];
         T* ok = out + k * ipad;
         vstore(ok, accumulate ? acc[0] + vload(ok) : acc[0]);
+        reads.issue();
+        writes.issue();
     }
 #pragma GCC unroll 16
     for (int j = 0; j < kTileJ; ++j) vstore(state + j * ipad, s[j]);
@@ -86,15 +121,23 @@ inline void rank1_scan_tile(int64_t nsteps, const T* v, const T* b, const T* c, 
 // All tiles of a block of steps. state: jpad x ipad; out: nsteps x ipad (overwritten).
 template <typename T>
 void rank1_scan_block(int64_t nsteps, const T* v, const T* b, const T* c, const T* mult,
-                      int64_t ipad, int64_t jpad, T* state, T* out) {
-    if (jpad == 0) {
+                      int64_t ipad, int64_t jpad, T* state, T* out, const Prefetches& pf = {}) {
+    const int64_t tiles = (ipad / kLanes<T>) * (jpad / kTileJ);
+    if (tiles == 0) {
         std::memset(out, 0, sizeof(T) * nsteps * ipad);
         return;
     }
+    const int64_t rshare = (pf.nread + tiles - 1) / tiles, wshare = (pf.nwrite + tiles - 1) / tiles;
+    int64_t tile = 0;
     for (int64_t i0 = 0; i0 < ipad; i0 += kLanes<T>) {
-        for (int64_t j0 = 0; j0 < jpad; j0 += kTileJ) {
+        for (int64_t j0 = 0; j0 < jpad; j0 += kTileJ, ++tile) {
+            Prefetches share;
+            share.read = pf.read + std::min(pf.nread, tile * rshare);
+            share.nread = std::max<int64_t>(0, std::min(rshare, pf.nread - tile * rshare));
+            share.write = pf.write + std::min(pf.nwrite, tile * wshare);
+            share.nwrite = std::max<int64_t>(0, std::min(wshare, pf.nwrite - tile * wshare));
             rank1_scan_tile(nsteps, v + i0, b + j0, c + j0, mult, ipad, jpad,
-                            state + j0 * ipad + i0, out + i0, j0 > 0);
+                            state + j0 * ipad + i0, out + i0, j0 > 0, share);
         }
     }
 }

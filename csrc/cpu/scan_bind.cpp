@@ -2,6 +2,10 @@
 #include <stdexcept>
 #include <string>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "cpu_scan.h"
 #include "registry.h"
 #include "scan_bind.h"
@@ -18,6 +22,14 @@ void check_cu_seqlens(const ScanParams& P) {
     bool ok = cu[0] == 0 && cu[P.nseq] == P.seqlen;
     for (int64_t s = 0; s < P.nseq; ++s) ok = ok && cu[s] <= cu[s + 1];
     if (!ok) throw std::invalid_argument("cpu scan: cu_seqlens must rise from 0 to seqlen");
+}
+
+int max_threads() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
 }
 
 ScanParams cpu_params(const std::string& dtype, const py::tuple& sizes, const py::dict& tensors,
@@ -40,7 +52,7 @@ void register_scan_cpu(py::module_& m) {
             const ScanParams P = cpu_params(dtype, sizes, tensors, dt_softplus, directions, quasi);
             check_forward_tensors(P);
             py::gil_scoped_release release;
-            cpu::scan_forward(P);
+            cpu::scan_forward(P, max_threads());
         },
         py::arg("dtype"), py::arg("sizes"), py::arg("tensors"), py::arg("dt_softplus"),
         py::arg("directions"), py::arg("quasi"),
@@ -52,7 +64,7 @@ void register_scan_cpu(py::module_& m) {
             const ScanParams P = cpu_params(dtype, sizes, tensors, dt_softplus, directions, quasi);
             check_backward_tensors(P);
             py::gil_scoped_release release;
-            cpu::scan_backward(P);
+            cpu::scan_backward(P, max_threads());
         },
         py::arg("dtype"), py::arg("sizes"), py::arg("tensors"), py::arg("dt_softplus"),
         py::arg("directions"), py::arg("quasi"),

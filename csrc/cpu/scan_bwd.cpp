@@ -1,10 +1,10 @@
 // Backward of the fused (bi)directional selective scan on CPU (maths: scan_params.h).
 //
-// Per task (one head of one sequence): if z is given, the pre-gate output is recomputed into
-// dz (the forward pass) and turned into dz; gyp = dy * silu(z) is kept in scratch. Then, per
-// direction, three rank-1 scans recompute what they need from the inputs:
-//   F_n (processing order)          -> dC_k,
-//   R_n and R_p (reversed order, sharing their rows) -> dB_k and du_k,
+// Per unit (adjacent heads of one sequence): if z is given, the pre-gate output is recomputed
+// into dz (the forward pass), then dz and gyp = dy * silu(z) are formed; without z, gyp is dy.
+// Then, per direction, three rank-1 scans recompute what they need from the inputs:
+//   F_n (processing order)                             -> dC_k,
+//   R_n and R_p (reversed order, sharing their rows)   -> dB_k and du_k,
 // and a scalar sweep turns g(log a_k) = sum_{k' >= k} (C.dC - B.dB) into ddt and dA.
 #include <stdexcept>
 
@@ -17,27 +17,30 @@ namespace {
 
 template <typename T>
 struct BackwardScratch {
-    Buffer<T> gyp, rows_v, rows_b, rows_c, rows_d, mult, scale, out_n, out_p, state_n, state_p;
-    Buffer<T> row, row2, row3;
-    std::vector<double> dt_eff, dlog, xgu, dD;
+    UnitSchedule schedule;
+    std::vector<Rescale<T>> rescale;
+    PrefetchList prefetch;
+    Buffer<T> gyp, bsh, csh, rb, rc, mult, scale, out_n, out_p, states_n, states_p;
+    Buffer<T> gyrow, xrow, gate, dgate, drows;
+    std::vector<double> dlog, xgu, dD;
 };
 
-// Where one direction's gradients go: its own tensors, or the forward ones it shares (then
-// accumulated when an earlier direction already wrote them).
+// Where one direction's gradients for one head go: its own tensors, or the forward ones it
+// shares (then accumulated when an earlier direction already wrote them).
 template <typename T>
 struct GradTargets {
     Rows<T> ddt, dB, dC;
     T* dA;
     bool acc_ddt, acc_dA, acc_dB, acc_dC;
 
-    GradTargets(const ScanParams& P, const Task& task, bool reverse, bool earlier_direction) {
+    GradTargets(const ScanParams& P, const Unit& u, int64_t head, bool reverse, bool earlier_direction) {
         const bool own_dt = reverse && P.dt_rev.present(), own_A = reverse && P.A_rev.present();
         const bool own_B = reverse && P.B_rev.present(), own_C = reverse && P.C_rev.present();
-        ddt = Rows<T>::of_bl(own_dt ? P.ddt_rev : P.ddt, task.b, task.head);
-        dB = Rows<T>(own_B ? P.dB_rev_heads : P.dB_heads, task.b, task.head);
-        dC = Rows<T>(own_C ? P.dC_rev_heads : P.dC_heads, task.b, task.head);
+        ddt = Rows<T>::of_bl(own_dt ? P.ddt_rev : P.ddt, u.b, head);
+        dB = Rows<T>(own_B ? P.dB_rev_heads : P.dB_heads, u.b, head);
+        dC = Rows<T>(own_C ? P.dC_rev_heads : P.dC_heads, u.b, head);
         const ScanTensor& a = own_A ? P.dA_rev_part : P.dA_part;
-        dA = static_cast<T*>(a.ptr) + task.row * a.stride[0] + task.head * a.stride[1];
+        dA = static_cast<T*>(a.ptr) + u.row * a.stride[0] + head * a.stride[1];
         acc_ddt = earlier_direction && !own_dt;
         acc_dA = earlier_direction && !own_A;
         acc_dB = earlier_direction && !own_B;
@@ -56,225 +59,268 @@ inline void store_row(const Rows<T>& dst, int64_t t, const T* src, int64_t count
     }
 }
 
-// gyp_k of a direction: the output gradient its step k feeds (shifted in quasi mode).
+// The output gradient gyp of a unit: kept in scratch (time-major rows) when gated, else read
+// from dy.
 template <typename T>
-inline const T* step_grad(const T* gyp, int64_t pp, const DirectionView<T>& d, int64_t k, int64_t shift) {
-    return k + shift < d.len ? gyp + (d.token(k + shift) - d.begin) * pp : nullptr;
-}
-
-template <typename T>
-inline void scaled_copy(T* dst, const T* src, int64_t pad, T scale) {
-    if (!src) {
-        std::fill(dst, dst + pad, T(0));
-        return;
-    }
-    for (int64_t i = 0; i < pad; ++i) dst[i] = src[i] * scale;
-}
-
-// gyp (and dz when gated) for the whole task; dD partial sums.
-template <typename T>
-void output_gradients(const ScanParams& P, const Task& task, T* gyp, BackwardScratch<T>& ws) {
-    const int64_t np = P.headdim, pp = padded(np);
-    const Rows<T> dy(P.dy, task.b, task.head), z(P.z, task.b, task.head);
-    const Rows<T> dz(P.dz, task.b, task.head), x(P.x, task.b, task.head);
-    if (z.present()) forward_task<T>(P, task, dz, false);  // dz <- pre-gate output
-    T* gate = grown(ws.row, pp);
-    T* dgate = grown(ws.row2, pp);
-    T* xrow = grown(ws.row3, pp);
-    double* dD = nullptr;
-    if (P.D.present()) {
-        ws.dD.assign(np, 0.0);
-        dD = ws.dD.data();
-    }
-    for (int64_t i = 0; i < task.len; ++i) {
-        const int64_t t = task.begin + i;
-        T* g = gyp + i * pp;
-        gather_row(g, dy, t, np, pp, T(1));
-        if (z.present()) {
-            gather_row(gate, z, t, np, pp, T(1));
-            silu_row(gate, gate, dgate, pp);
-            T* dzr = dz.row(t);
-            const int64_t s = dz.inner_stride;
-            for (int64_t p = 0; p < np; ++p) {
-                dzr[p * s] = g[p] * dzr[p * s] * dgate[p];
-                g[p] *= gate[p];
-            }
-        }
-        if (dD) {
-            gather_row(xrow, x, t, np, pp, T(1));
-            for (int64_t p = 0; p < np; ++p) dD[p] += double(g[p] * xrow[p]);
-        }
-    }
-    if (dD) {
-        T* out = static_cast<T*>(P.dD_part.ptr) + task.row * P.dD_part.stride[0] +
-                 task.head * P.dD_part.stride[1];
-        for (int64_t p = 0; p < np; ++p) out[p * P.dD_part.stride[2]] = T(dD[p]);
-    }
-}
-
-template <typename T>
-void backward_direction(const ScanParams& P, const Task& task, bool reverse, bool first,
-                        const T* gyp, BackwardScratch<T>& ws) {
-    const DirectionView<T> d(P, task, reverse);
-    const GradTargets<T> out(P, task, reverse, !first);
-    const Rows<T> dx(P.dx, task.b, task.head);
-    const int64_t n = task.len, np = P.headdim, nn = P.dstate;
-    const int64_t pp = padded(np), npd = padded(nn);
-    const int64_t shift = P.quasi ? 1 : 0;
-
-    ws.dt_eff.resize(n);
-    ws.dlog.assign(n, 0.0);
-    ws.xgu.resize(n);
-    double* dt_eff = ws.dt_eff.data();
-    double* dlog = ws.dlog.data();  // C.dC - B.dB per step
-    double* xgu = ws.xgu.data();    // x . du per step
-    for (int64_t k = 0; k < n; ++k) dt_eff[k] = d.dt_eff(k);
-
-    T* rv = grown(ws.rows_v, kBlockSteps * std::max(pp, npd));
-    T* rb = grown(ws.rows_b, kBlockSteps * std::max(pp, npd));
-    T* rc = grown(ws.rows_c, kBlockSteps * std::max(pp, npd));
-    T* rd = grown(ws.rows_d, kBlockSteps * npd);
-    T* mult = grown(ws.mult, kBlockSteps);
-    T* scale = grown(ws.scale, kBlockSteps);
-    T* out_n = grown(ws.out_n, kBlockSteps * npd);
-    T* out_p = grown(ws.out_p, kBlockSteps * pp);
-    T* state_n = grown(ws.state_n, pp * npd);
-    T* state_p = grown(ws.state_p, pp * npd);
-    T* crow = grown(ws.row, npd);
-    T* xrow = grown(ws.row2, pp);
-    T* drow = grown(ws.row3, pp);
-    if (P.D.present()) {
-        const T* D = static_cast<const T*>(P.D.ptr) + task.head * P.D.stride[0];
-        for (int64_t p = 0; p < np; ++p) drow[p] = P.d_per_channel ? D[p * P.D.stride[1]] : D[0];
-    }
-
-    // F_n: state over (j = p, i = n); v = B, b = u / alpha, c = gyhat * alpha -> dC.
-    {
-        std::fill(state_n, state_n + pp * npd, T(0));
-        Rescale<T> rescale;
-        for (int64_t k0 = 0; k0 < n; k0 += kBlockSteps) {
-            const int64_t nb = std::min(kBlockSteps, n - k0);
-            for (int64_t kk = 0; kk < nb; ++kk) {
-                const int64_t k = k0 + kk, t = d.token(k);
-                double alpha;
-                mult[kk] = rescale.step(dt_eff[k] * d.A, alpha);
-                gather_row(rv + kk * npd, d.B, t, nn, npd, T(1));
-                gather_row(rb + kk * pp, d.x, t, np, pp, T(dt_eff[k] / alpha));
-                scaled_copy(rc + kk * pp, step_grad(gyp, pp, d, k, shift), pp, T(alpha));
-            }
-            rank1_scan_block(nb, rv, rb, rc, mult, npd, pp, state_n, out_n);
-            for (int64_t kk = 0; kk < nb; ++kk) {
-                const int64_t k = k0 + kk, t = d.token(k);
-                const T* g = out_n + kk * npd;
-                gather_row(crow, d.C, t, nn, npd, T(1));
-                dlog[k] += vdot(crow, g, npd);
-                store_row(out.dC, t, g, nn, out.acc_dC);
-            }
+class OutputGrad {
+  public:
+    OutputGrad(const ScanParams& P, const Unit& u, BackwardScratch<T>& ws)
+        : P_(P), u_(u), np_(P.headdim), pp_(padded(P.headdim)) {
+        if (P.z.present()) {
+            store_ = grown(ws.gyp, u.len * u.nh * pp_);
+            fill(ws);
         }
     }
 
-    // R_n and R_p: the adjoint state over the reversed order j = n - 1 - k, whose step j decays
-    // by a_{k+1}. Rows: rv = C, rb = gyhat / beta, rc = u * beta, rd = B.
-    //   R_n: v = C, b = gyhat / beta, c = u * beta   -> dB     (i = n, j = p)
-    //   R_p: v = gyhat / beta, b = C, c = B          -> du / beta (i = p, j = n)
-    {
-        std::fill(state_n, state_n + pp * npd, T(0));
-        std::fill(state_p, state_p + pp * npd, T(0));
-        Rescale<T> rescale;
-        for (int64_t j0 = 0; j0 < n; j0 += kBlockSteps) {
-            const int64_t nb = std::min(kBlockSteps, n - j0);
-            for (int64_t jj = 0; jj < nb; ++jj) {
-                const int64_t k = n - 1 - (j0 + jj), t = d.token(k);
-                double beta;
-                mult[jj] = rescale.step(k + 1 < n ? dt_eff[k + 1] * d.A : 0.0, beta);
-                scale[jj] = T(beta);
-                gather_row(rv + jj * npd, d.C, t, nn, npd, T(1));
-                scaled_copy(rb + jj * pp, step_grad(gyp, pp, d, k, shift), pp, T(1.0 / beta));
-                gather_row(rc + jj * pp, d.x, t, np, pp, T(dt_eff[k] * beta));
-                gather_row(rd + jj * npd, d.B, t, nn, npd, T(1));
-            }
-            rank1_scan_block(nb, rv, rb, rc, mult, npd, pp, state_n, out_n);
-            rank1_scan_block(nb, rb, rv, rd, mult, pp, npd, state_p, out_p);
-            for (int64_t jj = 0; jj < nb; ++jj) {
-                const int64_t k = n - 1 - (j0 + jj), t = d.token(k);
-                const T* gB = out_n + jj * npd;
-                dlog[k] -= vdot(rd + jj * npd, gB, npd);
-                store_row(out.dB, t, gB, nn, out.acc_dB);
-                T* gu = out_p + jj * pp;
-                for (int64_t p = 0; p < np; ++p) gu[p] *= scale[jj];
-                gather_row(xrow, d.x, t, np, pp, T(1));
-                xgu[k] = vdot(xrow, gu, pp);
-                const T dte = T(dt_eff[k]);
-                T* dxr = dx.row(t);
-                const int64_t s = dx.inner_stride;
-                if (first) {
-                    const T* g = gyp + (t - task.begin) * pp;
-                    if (P.D.present()) {
-                        for (int64_t p = 0; p < np; ++p) dxr[p * s] = drow[p] * g[p] + dte * gu[p];
-                    } else {
-                        for (int64_t p = 0; p < np; ++p) dxr[p * s] = dte * gu[p];
-                    }
-                } else {
-                    for (int64_t p = 0; p < np; ++p) dxr[p * s] += dte * gu[p];
+    // dst = scale * gyp of head h0 + hl at time index i (i < 0 or >= len: zeros), padded.
+    void row(int64_t hl, int64_t i, T* dst, T scale) const {
+        if (i < 0 || i >= u_.len) {
+            std::fill(dst, dst + pp_, T(0));
+        } else if (store_) {
+            const T* g = store_ + (i * u_.nh + hl) * pp_;
+            for (int64_t p = 0; p < pp_; ++p) dst[p] = scale * g[p];
+        } else {
+            gather_row(dst, Rows<T>(P_.dy, u_.b, u_.h0 + hl), u_.begin + i, np_, pp_, scale);
+        }
+    }
+
+  private:
+    // dz <- pre-gate output (the forward without the gate), then dz = dy yp silu'(z) and
+    // gyp = dy silu(z).
+    void fill(BackwardScratch<T>& ws) {
+        forward_unit<T>(P_, u_, P_.dz, false);
+        T* gate = grown(ws.gate, pp_);
+        T* dgate = grown(ws.dgate, pp_);
+        for (int64_t i = 0; i < u_.len; ++i) {
+            const int64_t t = u_.begin + i;
+            for (int64_t hl = 0; hl < u_.nh; ++hl) {
+                const int64_t head = u_.h0 + hl;
+                const Rows<T> dz(P_.dz, u_.b, head);
+                T* g = store_ + (i * u_.nh + hl) * pp_;
+                gather_row(g, Rows<T>(P_.dy, u_.b, head), t, np_, pp_, T(1));
+                gather_row(gate, Rows<T>(P_.z, u_.b, head), t, np_, pp_, T(1));
+                silu_row(gate, gate, dgate, pp_);
+                T* dzr = dz.row(t);
+                const int64_t s = dz.inner_stride;
+                for (int64_t p = 0; p < np_; ++p) {
+                    dzr[p * s] = g[p] * dzr[p * s] * dgate[p];
+                    g[p] *= gate[p];
                 }
             }
         }
     }
 
+    const ScanParams& P_;
+    const Unit& u_;
+    int64_t np_, pp_;
+    T* store_ = nullptr;
+};
+
+template <typename T>
+void backward_direction(const ScanParams& P, const Unit& u, bool reverse, bool first,
+                        const OutputGrad<T>& gyp, BackwardScratch<T>& ws) {
+    const Order order{reverse, u.begin, u.len};
+    const int64_t n = u.len, np = P.headdim, nn = P.dstate, nh = u.nh;
+    const int64_t pp = padded(np), npd = padded(nn), state = pp * npd;
+    const int64_t shift = P.quasi ? 1 : 0;
+
+    ws.dlog.assign(nh * n, 0.0);  // C.dC - B.dB per head and step
+    ws.xgu.resize(nh * n);        // x . du per head and step
+    T* rb = grown(ws.rb, kBlockSteps * pp);
+    T* rc = grown(ws.rc, kBlockSteps * pp);
+    T* mult = grown(ws.mult, kBlockSteps);
+    T* scale = grown(ws.scale, kBlockSteps);
+    T* out_n = grown(ws.out_n, kBlockSteps * npd);
+    T* out_p = grown(ws.out_p, kBlockSteps * pp);
+    T* states_n = grown(ws.states_n, nh * state);
+    T* states_p = grown(ws.states_p, nh * state);
+    T* xrow = grown(ws.xrow, pp);
+    T* gyrow = grown(ws.gyrow, pp);
+    T* drows = grown(ws.drows, nh * pp);
+    const bool with_D = P.D.present();
+    if (with_D) {
+        for (int64_t hl = 0; hl < nh; ++hl) {
+            const T* D = static_cast<const T*>(P.D.ptr) + (u.h0 + hl) * P.D.stride[0];
+            for (int64_t p = 0; p < np; ++p) drows[hl * pp + p] = P.d_per_channel ? D[p * P.D.stride[1]] : D[0];
+        }
+        if (first) ws.dD.assign(nh * np, 0.0);
+    }
+    SharedRows<T> rows;
+
+    // F_n: state over (j = p, i = n); v = B, b = u / alpha, c = gyhat * alpha -> dC.
+    std::fill(states_n, states_n + nh * state, T(0));
+    ws.rescale.assign(nh, Rescale<T>());
+    for (int64_t k0 = 0; k0 < n; k0 += kBlockSteps) {
+        const int64_t nb = std::min(kBlockSteps, n - k0);
+        rows.gather(P, u, order, reverse, k0, nb, ws.bsh, ws.csh);
+        for (int64_t hl = 0; hl < nh; ++hl) {
+            const int64_t head = u.h0 + hl;
+            const HeadParams<T> hp(P, u.b, head, reverse);
+            const GradTargets<T> out(P, u, head, reverse, !first);
+            const double* dt_eff = ws.schedule.dt_eff(reverse, hl);
+            const double* decay = ws.schedule.decay(reverse, hl);
+            for (int64_t kk = 0; kk < nb; ++kk) {
+                const int64_t k = k0 + kk, i = order.index(k);
+                double alpha;
+                mult[kk] = ws.rescale[hl].step(decay[i], alpha);
+                gather_row(rb + kk * pp, hp.x, u.begin + i, np, pp, T(dt_eff[i] / alpha));
+                gyp.row(hl, k + shift < n ? order.index(k + shift) : -1, rc + kk * pp, T(alpha));
+            }
+            const NextWork next(hl, k0, nh);
+            const int64_t next_head = u.h0 + next.hl;
+            ws.prefetch.clear();
+            ws.prefetch.rows(Rows<T>(P.x, u.b, next_head), order, next.k0, kBlockSteps, np, false);
+            if (!P.z.present()) ws.prefetch.rows(Rows<T>(P.dy, u.b, next_head), order, next.k0 + shift, kBlockSteps, np, false);
+            ws.prefetch.rows(GradTargets<T>(P, u, next_head, reverse, !first).dC, order, next.k0, kBlockSteps, nn, true);
+            if (next.new_block) prefetch_bc_rows<T>(ws.prefetch, P, u, order, reverse, next.k0);
+            rank1_scan_block(nb, rows.b_of(hp.group), rb, rc, mult, npd, pp, states_n + hl * state, out_n,
+                             ws.prefetch.get());
+            const T* crows = rows.c_of(hp.group);
+            for (int64_t kk = 0; kk < nb; ++kk) {
+                const int64_t k = k0 + kk;
+                const T* g = out_n + kk * npd;
+                ws.dlog[hl * n + k] += vdot(crows + kk * npd, g, npd);
+                store_row(out.dC, order.token(k), g, nn, out.acc_dC);
+            }
+        }
+    }
+
+    // R_n and R_p: the adjoint state over the reversed order j = n - 1 - k, whose step j decays
+    // by a_{k+1}. Shared rows: C (bsh) and B (csh); per head: rb = gyhat / beta, rc = u * beta.
+    //   R_n: v = C, b = gyhat / beta, c = u * beta   -> dB         (i = n, j = p)
+    //   R_p: v = gyhat / beta, b = C, c = B          -> du / beta  (i = p, j = n)
+    const Order adjoint{!reverse, u.begin, u.len};
+    std::fill(states_n, states_n + nh * state, T(0));
+    std::fill(states_p, states_p + nh * state, T(0));
+    ws.rescale.assign(nh, Rescale<T>());
+    for (int64_t j0 = 0; j0 < n; j0 += kBlockSteps) {
+        const int64_t nb = std::min(kBlockSteps, n - j0);
+        rows.gather(P, u, adjoint, reverse, j0, nb, ws.bsh, ws.csh);  // b <- B, c <- C
+        for (int64_t hl = 0; hl < nh; ++hl) {
+            const int64_t head = u.h0 + hl;
+            const HeadParams<T> hp(P, u.b, head, reverse);
+            const GradTargets<T> out(P, u, head, reverse, !first);
+            const Rows<T> dx(P.dx, u.b, head);
+            const double* dt_eff = ws.schedule.dt_eff(reverse, hl);
+            const double* decay = ws.schedule.decay(reverse, hl);
+            for (int64_t jj = 0; jj < nb; ++jj) {
+                const int64_t k = n - 1 - (j0 + jj), i = order.index(k);
+                double beta;
+                mult[jj] = ws.rescale[hl].step(k + 1 < n ? decay[order.index(k + 1)] : 1.0, beta);
+                scale[jj] = T(beta);
+                gyp.row(hl, k + shift < n ? order.index(k + shift) : -1, rb + jj * pp, T(1.0 / beta));
+                gather_row(rc + jj * pp, hp.x, u.begin + i, np, pp, T(dt_eff[i] * beta));
+            }
+            const T* brows = rows.b_of(hp.group);
+            const T* crows = rows.c_of(hp.group);
+            const NextWork next(hl, j0, nh);
+            const int64_t next_head = u.h0 + next.hl;
+            ws.prefetch.clear();
+            ws.prefetch.rows(Rows<T>(P.x, u.b, next_head), adjoint, next.k0, kBlockSteps, np, false);
+            if (!P.z.present()) ws.prefetch.rows(Rows<T>(P.dy, u.b, next_head), adjoint, next.k0 - shift, kBlockSteps, np, false);
+            ws.prefetch.rows(GradTargets<T>(P, u, next_head, reverse, !first).dB, adjoint, next.k0, kBlockSteps, nn, true);
+            ws.prefetch.rows(Rows<T>(P.dx, u.b, next_head), adjoint, next.k0, kBlockSteps, np, true);
+            if (next.new_block) prefetch_bc_rows<T>(ws.prefetch, P, u, adjoint, reverse, next.k0);
+            rank1_scan_block(nb, crows, rb, rc, mult, npd, pp, states_n + hl * state, out_n, ws.prefetch.get());
+            rank1_scan_block(nb, rb, crows, brows, mult, pp, npd, states_p + hl * state, out_p);
+            for (int64_t jj = 0; jj < nb; ++jj) {
+                const int64_t k = n - 1 - (j0 + jj), i = order.index(k), t = u.begin + i;
+                const T* gB = out_n + jj * npd;
+                ws.dlog[hl * n + k] -= vdot(brows + jj * npd, gB, npd);
+                store_row(out.dB, t, gB, nn, out.acc_dB);
+                T* gu = out_p + jj * pp;
+                for (int64_t p = 0; p < pp; ++p) gu[p] *= scale[jj];
+                gather_row(xrow, hp.x, t, np, pp, T(1));
+                ws.xgu[hl * n + k] = vdot(xrow, gu, pp);
+                const T dte = T(dt_eff[i]);
+                for (int64_t p = 0; p < np; ++p) gu[p] *= dte;  // gu is now this direction's dx
+                if (first && with_D) {
+                    gyp.row(hl, i, gyrow, T(1));
+                    const T* d = drows + hl * pp;
+                    double* dD = ws.dD.data() + hl * np;
+                    for (int64_t p = 0; p < np; ++p) {
+                        gu[p] += d[p] * gyrow[p];
+                        dD[p] += double(gyrow[p] * xrow[p]);
+                    }
+                }
+                store_row(dx, t, gu, np, !first);
+            }
+        }
+    }
+
     // g(log a_k) = sum_{k' >= k} dlog_k'; log a_k = dt'_k A.
-    double glog = 0.0, dA = 0.0;
-    for (int64_t k = n - 1; k >= 0; --k) {
-        glog += dlog[k];
-        dA += dt_eff[k] * glog;
-        const double gdt = (d.A * glog + xgu[k]) * d.dt_eff_grad(k);
-        T& dst = out.ddt.at(d.token(k));
-        dst = out.acc_ddt ? T(dst + gdt) : T(gdt);
-    }
-    *out.dA = out.acc_dA ? T(*out.dA + dA) : T(dA);
-}
-
-template <typename T>
-void backward_task(const ScanParams& P, const Task& task) {
-    static thread_local BackwardScratch<T> ws;
-    T* gyp = grown(ws.gyp, task.len * padded(P.headdim));
-    output_gradients<T>(P, task, gyp, ws);
-    const bool fwd = P.directions & kScanForward, rev = P.directions & kScanReverse;
-    if (fwd) backward_direction<T>(P, task, false, true, gyp, ws);
-    if (rev) backward_direction<T>(P, task, true, !fwd, gyp, ws);
-}
-
-// An empty sequence contributes nothing: its rows of the partial sums are zero.
-template <typename T>
-void zero_partials(const ScanParams& P, const Task& task) {
-    for (const ScanTensor* a : {&P.dA_part, &P.dA_rev_part}) {
-        if (a->present()) static_cast<T*>(a->ptr)[task.row * a->stride[0] + task.head * a->stride[1]] = T(0);
-    }
-    if (P.dD_part.present()) {
-        T* out = static_cast<T*>(P.dD_part.ptr) + task.row * P.dD_part.stride[0] +
-                 task.head * P.dD_part.stride[1];
-        for (int64_t p = 0; p < P.headdim; ++p) out[p * P.dD_part.stride[2]] = T(0);
+    for (int64_t hl = 0; hl < nh; ++hl) {
+        const int64_t head = u.h0 + hl;
+        const HeadParams<T> hp(P, u.b, head, reverse);
+        const GradTargets<T> out(P, u, head, reverse, !first);
+        const double* dt_eff = ws.schedule.dt_eff(reverse, hl);
+        double glog = 0.0, dA = 0.0;
+        for (int64_t k = n - 1; k >= 0; --k) {
+            const int64_t i = order.index(k), t = u.begin + i;
+            glog += ws.dlog[hl * n + k];
+            dA += dt_eff[i] * glog;
+            const double grad_eff = P.dt_softplus ? softplus_grad(double(hp.dt.at(t)) + hp.dt_bias) : 1.0;
+            const double gdt = (hp.A * glog + ws.xgu[hl * n + k]) * grad_eff;
+            T& dst = out.ddt.at(t);
+            dst = out.acc_ddt ? T(dst + gdt) : T(gdt);
+        }
+        *out.dA = out.acc_dA ? T(*out.dA + dA) : T(dA);
     }
 }
 
+// dD partial sums of a unit (accumulated by the first direction).
 template <typename T>
-void backward_all(const ScanParams& P) {
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t id = 0; id < P.ntasks(); ++id) {
-        const Task task(P, id);
-        if (task.len > 0) {
-            backward_task<T>(P, task);
-        } else {
-            zero_partials<T>(P, task);
+void store_dD(const ScanParams& P, const Unit& u, const BackwardScratch<T>& ws, bool empty) {
+    if (!P.D.present()) return;
+    for (int64_t hl = 0; hl < u.nh; ++hl) {
+        T* out = static_cast<T*>(P.dD_part.ptr) + u.row * P.dD_part.stride[0] +
+                 (u.h0 + hl) * P.dD_part.stride[1];
+        for (int64_t p = 0; p < P.headdim; ++p) {
+            out[p * P.dD_part.stride[2]] = empty ? T(0) : T(ws.dD[hl * P.headdim + p]);
         }
     }
 }
 
+// An empty sequence contributes nothing: its rows of the partial sums are zero.
+template <typename T>
+void zero_partials(const ScanParams& P, const Unit& u) {
+    for (const ScanTensor* a : {&P.dA_part, &P.dA_rev_part}) {
+        if (!a->present()) continue;
+        for (int64_t hl = 0; hl < u.nh; ++hl) {
+            static_cast<T*>(a->ptr)[u.row * a->stride[0] + (u.h0 + hl) * a->stride[1]] = T(0);
+        }
+    }
+}
+
+template <typename T>
+void backward_unit(const ScanParams& P, const Unit& u) {
+    static thread_local BackwardScratch<T> ws;
+    if (u.len == 0) {
+        zero_partials<T>(P, u);
+        store_dD<T>(P, u, ws, true);
+        return;
+    }
+    ws.schedule.template prepare<T>(P, u);
+    const OutputGrad<T> gyp(P, u, ws);
+    const bool fwd = P.directions & kScanForward, rev = P.directions & kScanReverse;
+    if (fwd) backward_direction<T>(P, u, false, true, gyp, ws);
+    if (rev) backward_direction<T>(P, u, true, !fwd, gyp, ws);
+    store_dD<T>(P, u, ws, false);
+}
+
+template <typename T>
+void backward_all(const ScanParams& P, const UnitPlan& plan) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t id = 0; id < plan.size(); ++id) backward_unit<T>(P, plan.unit(id));
+}
+
 }  // namespace
 
-void scan_backward(const ScanParams& P) {
+void scan_backward(const ScanParams& P, int threads) {
+    const UnitPlan plan(P, threads);
     switch (P.dtype) {
-        case ScanDtype::kFloat32: backward_all<float>(P); break;
-        case ScanDtype::kFloat64: backward_all<double>(P); break;
+        case ScanDtype::kFloat32: backward_all<float>(P, plan); break;
+        case ScanDtype::kFloat64: backward_all<double>(P, plan); break;
         default: throw std::invalid_argument("cpu scan: dtype must be float32 or float64");
     }
 }

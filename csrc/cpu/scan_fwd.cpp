@@ -1,9 +1,10 @@
 // Forward of the fused (bi)directional selective scan on CPU (maths: scan_params.h).
 //
-// One task = one head of one sequence. Both directions run inside the task, one after the
-// other (their recurrences go opposite ways), over the same cache-resident inputs; the first
-// writes y = its contribution + D x, the last adds its own and applies the z gate, so y is
-// written once per direction and never read back from DRAM.
+// One unit = some adjacent heads of one sequence (cpu_scan_common.h). Both directions run
+// inside the unit, one after the other (their recurrences go opposite ways), with dt' and the
+// decays computed once for both and the B/C rows of a block gathered once for all heads. The
+// first of two directions writes its raw output into y; the last adds its own, D x and the
+// gate in the same pass over y.
 #include <stdexcept>
 
 #include "cpu_scan.h"
@@ -15,123 +16,152 @@ namespace {
 
 template <typename T>
 struct ForwardScratch {
-    Buffer<T> v, b, c, mult, scale, out, state, xrow, zrow, drow, acc;
+    UnitSchedule schedule;
+    std::vector<Rescale<T>> rescale;
+    PrefetchList prefetch;
+    Buffer<T> v, bsh, csh, out, state, mult, scale, xrow, zrow, acc, drows;
 };
 
-// Combines the directions' contributions into the output rows of one task.
+// Combines the directions' contributions into the output rows of one unit.
 template <typename T>
 class OutputWriter {
   public:
-    OutputWriter(const ScanParams& P, const Task& task, const Rows<T>& out, bool gate,
-                 ForwardScratch<T>& ws)
-        : x_(P.x, task.b, task.head), z_(gate ? Rows<T>(P.z, task.b, task.head) : Rows<T>()),
-          out_(out), np_(P.headdim), pp_(padded(P.headdim)) {
+    OutputWriter(const ScanParams& P, const Unit& u, const ScanTensor& out, bool gate, ForwardScratch<T>& ws)
+        : P_(P), u_(u), out_(out), gate_(gate && P.z.present()), np_(P.headdim), pp_(padded(P.headdim)) {
         xrow_ = grown(ws.xrow, pp_);
         zrow_ = grown(ws.zrow, pp_);
         acc_ = grown(ws.acc, pp_);
         if (P.D.present()) {
-            drow_ = grown(ws.drow, pp_);
-            const T* D = static_cast<const T*>(P.D.ptr) + task.head * P.D.stride[0];
-            for (int64_t p = 0; p < np_; ++p) drow_[p] = P.d_per_channel ? D[p * P.D.stride[1]] : D[0];
+            drows_ = grown(ws.drows, u.nh * pp_);
+            for (int64_t hl = 0; hl < u.nh; ++hl) {
+                const T* D = static_cast<const T*>(P.D.ptr) + (u.h0 + hl) * P.D.stride[0];
+                for (int64_t p = 0; p < np_; ++p) {
+                    drows_[hl * pp_ + p] = P.d_per_channel ? D[p * P.D.stride[1]] : D[0];
+                }
+            }
         }
     }
 
-    // Token t receives `contrib` (nullptr: nothing) from a direction. The first direction adds
-    // D x; the last applies the gate.
-    void emit(int64_t t, const T* contrib, bool first, bool last) {
-        T* o = out_.row(t);
-        const int64_t os = out_.inner_stride;
+    // Head h0 + hl, time index i receives `contrib` (nullptr: nothing) from a direction.
+    void emit(int64_t hl, int64_t i, const T* contrib, bool first, bool last) {
+        const int64_t head = u_.h0 + hl, t = u_.begin + i;
+        const Rows<T> out(out_, u_.b, head);
+        T* o = out.row(t);
+        const int64_t os = out.inner_stride;
         for (int64_t p = 0; p < np_; ++p) acc_[p] = contrib ? contrib[p] : T(0);
-        if (first) {
-            if (drow_) {
-                gather_row(xrow_, x_, t, np_, pp_, T(1));
-                for (int64_t p = 0; p < np_; ++p) acc_[p] += drow_[p] * xrow_[p];
+        if (last) {
+            if (!first) {
+                for (int64_t p = 0; p < np_; ++p) acc_[p] += o[p * os];
             }
+            if (drows_) {
+                gather_row(xrow_, Rows<T>(P_.x, u_.b, head), t, np_, pp_, T(1));
+                const T* d = drows_ + hl * pp_;
+                for (int64_t p = 0; p < np_; ++p) acc_[p] += d[p] * xrow_[p];
+            }
+            if (gate_) {
+                gather_row(zrow_, Rows<T>(P_.z, u_.b, head), t, np_, pp_, T(1));
+                silu_row(zrow_, zrow_, static_cast<T*>(nullptr), pp_);
+                for (int64_t p = 0; p < np_; ++p) acc_[p] *= zrow_[p];
+            }
+        }
+        if (os == 1) {
+            for (int64_t p = 0; p < np_; ++p) o[p] = acc_[p];
         } else {
-            for (int64_t p = 0; p < np_; ++p) acc_[p] += o[p * os];
+            for (int64_t p = 0; p < np_; ++p) o[p * os] = acc_[p];
         }
-        if (last && z_.present()) {
-            gather_row(zrow_, z_, t, np_, pp_, T(1));
-            silu_row(zrow_, zrow_, static_cast<T*>(nullptr), pp_);
-            for (int64_t p = 0; p < np_; ++p) acc_[p] *= zrow_[p];
-        }
-        for (int64_t p = 0; p < np_; ++p) o[p * os] = acc_[p];
     }
 
   private:
-    Rows<T> x_, z_, out_;
+    const ScanParams& P_;
+    const Unit& u_;
+    const ScanTensor& out_;
+    bool gate_;
     int64_t np_, pp_;
-    T *xrow_, *zrow_, *acc_, *drow_ = nullptr;
+    T *xrow_, *zrow_, *acc_, *drows_ = nullptr;
 };
 
 template <typename T>
-void forward_direction(const ScanParams& P, const Task& task, bool reverse, bool first, bool last,
-                       OutputWriter<T>& writer, ForwardScratch<T>& ws) {
-    const DirectionView<T> d(P, task, reverse);
-    const int64_t n = task.len, np = P.headdim, nn = P.dstate;
+void forward_direction(const ScanParams& P, const Unit& u, const ScanTensor& out_t, bool gate,
+                       bool reverse, bool first, bool last, OutputWriter<T>& writer,
+                       ForwardScratch<T>& ws) {
+    const Order order{reverse, u.begin, u.len};
+    const int64_t n = u.len, np = P.headdim, nn = P.dstate;
     const int64_t pp = padded(np), npd = padded(nn);
     const int64_t shift = P.quasi ? 1 : 0;
-    T* state = grown(ws.state, npd * pp);
-    std::fill(state, state + npd * pp, T(0));
+    T* states = grown(ws.state, u.nh * npd * pp);
+    std::fill(states, states + u.nh * npd * pp, T(0));
     T* v = grown(ws.v, kBlockSteps * pp);
-    T* b = grown(ws.b, kBlockSteps * npd);
-    T* c = grown(ws.c, kBlockSteps * npd);
     T* out = grown(ws.out, kBlockSteps * pp);
     T* mult = grown(ws.mult, kBlockSteps);
     T* scale = grown(ws.scale, kBlockSteps);
-    Rescale<T> rescale;
-    if (shift) writer.emit(d.token(0), nullptr, first, last);  // quasi: yhat_{-1} = 0
+    ws.rescale.assign(u.nh, Rescale<T>());
+    SharedRows<T> rows;
+    if (shift) {  // quasi: the first token of the direction gets yhat_{-1} = 0
+        for (int64_t hl = 0; hl < u.nh; ++hl) writer.emit(hl, order.index(0), nullptr, first, last);
+    }
     for (int64_t k0 = 0; k0 < n; k0 += kBlockSteps) {
         const int64_t nb = std::min(kBlockSteps, n - k0);
-        for (int64_t kk = 0; kk < nb; ++kk) {
-            const int64_t t = d.token(k0 + kk);
-            const double dt_eff = d.dt_eff(k0 + kk);
-            double alpha;
-            mult[kk] = rescale.step(dt_eff * d.A, alpha);
-            scale[kk] = T(alpha);
-            gather_row(v + kk * pp, d.x, t, np, pp, T(dt_eff / alpha));
-            gather_row(b + kk * npd, d.B, t, nn, npd, T(1));
-            gather_row(c + kk * npd, d.C, t, nn, npd, T(1));
-        }
-        rank1_scan_block(nb, v, b, c, mult, pp, npd, state, out);
-        for (int64_t kk = 0; kk < nb; ++kk) {
-            const int64_t k = k0 + kk;
-            if (k + shift >= n) continue;
-            T* o = out + kk * pp;
-            for (int64_t p = 0; p < np; ++p) o[p] *= scale[kk];
-            writer.emit(d.token(k + shift), o, first, last);
+        rows.gather(P, u, order, reverse, k0, nb, ws.bsh, ws.csh);
+        for (int64_t hl = 0; hl < u.nh; ++hl) {
+            const HeadParams<T> hp(P, u.b, u.h0 + hl, reverse);
+            const double* dt_eff = ws.schedule.dt_eff(reverse, hl);
+            const double* decay = ws.schedule.decay(reverse, hl);
+            for (int64_t kk = 0; kk < nb; ++kk) {
+                const int64_t i = order.index(k0 + kk);
+                double alpha;
+                mult[kk] = ws.rescale[hl].step(decay[i], alpha);
+                scale[kk] = T(alpha);
+                gather_row(v + kk * pp, hp.x, u.begin + i, np, pp, T(dt_eff[i] / alpha));
+            }
+            const NextWork next(hl, k0, u.nh);
+            ws.prefetch.clear();
+            const int64_t head = u.h0 + next.hl;
+            ws.prefetch.rows(Rows<T>(P.x, u.b, head), order, next.k0, kBlockSteps, np, false);
+            ws.prefetch.rows(Rows<T>(out_t, u.b, head), order, next.k0 + shift, kBlockSteps, np, true);
+            if (last && gate) ws.prefetch.rows(Rows<T>(P.z, u.b, head), order, next.k0 + shift, kBlockSteps, np, false);
+            if (next.new_block) prefetch_bc_rows<T>(ws.prefetch, P, u, order, reverse, next.k0);
+            rank1_scan_block(nb, v, rows.b_of(hp.group), rows.c_of(hp.group), mult, pp, npd,
+                             states + hl * npd * pp, out, ws.prefetch.get());
+            for (int64_t kk = 0; kk < nb; ++kk) {
+                const int64_t k = k0 + kk;
+                if (k + shift >= n) continue;
+                T* o = out + kk * pp;
+                for (int64_t p = 0; p < np; ++p) o[p] *= scale[kk];
+                writer.emit(hl, order.index(k + shift), o, first, last);
+            }
         }
     }
 }
 
 template <typename T>
-void forward_all(const ScanParams& P) {
+void forward_all(const ScanParams& P, const UnitPlan& plan) {
 #pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t id = 0; id < P.ntasks(); ++id) {
-        const Task task(P, id);
-        if (task.len == 0) continue;
-        forward_task<T>(P, task, Rows<T>(P.y, task.b, task.head), true);
+    for (int64_t id = 0; id < plan.size(); ++id) {
+        const Unit u = plan.unit(id);
+        if (u.len > 0) forward_unit<T>(P, u, P.y, true);
     }
 }
 
 }  // namespace
 
 template <typename T>
-void forward_task(const ScanParams& P, const Task& task, const Rows<T>& out, bool gate) {
+void forward_unit(const ScanParams& P, const Unit& u, const ScanTensor& out, bool gate) {
     static thread_local ForwardScratch<T> ws;
-    OutputWriter<T> writer(P, task, out, gate, ws);
+    ws.schedule.template prepare<T>(P, u);
+    OutputWriter<T> writer(P, u, out, gate, ws);
     const bool fwd = P.directions & kScanForward, rev = P.directions & kScanReverse;
-    if (fwd) forward_direction<T>(P, task, false, true, !rev, writer, ws);
-    if (rev) forward_direction<T>(P, task, true, !fwd, true, writer, ws);
+    if (fwd) forward_direction<T>(P, u, out, gate, false, true, !rev, writer, ws);
+    if (rev) forward_direction<T>(P, u, out, gate, true, !fwd, true, writer, ws);
 }
 
-template void forward_task<float>(const ScanParams&, const Task&, const Rows<float>&, bool);
-template void forward_task<double>(const ScanParams&, const Task&, const Rows<double>&, bool);
+template void forward_unit<float>(const ScanParams&, const Unit&, const ScanTensor&, bool);
+template void forward_unit<double>(const ScanParams&, const Unit&, const ScanTensor&, bool);
 
-void scan_forward(const ScanParams& P) {
+void scan_forward(const ScanParams& P, int threads) {
+    const UnitPlan plan(P, threads);
     switch (P.dtype) {
-        case ScanDtype::kFloat32: forward_all<float>(P); break;
-        case ScanDtype::kFloat64: forward_all<double>(P); break;
+        case ScanDtype::kFloat32: forward_all<float>(P, plan); break;
+        case ScanDtype::kFloat64: forward_all<double>(P, plan); break;
         default: throw std::invalid_argument("cpu scan: dtype must be float32 or float64");
     }
 }
