@@ -24,11 +24,21 @@ std::vector<uint8_t> start_flags(const int32_t* cu, int64_t nseq, int64_t total)
     return starts;
 }
 
+// |a|^2, |b|^2 and a . b in one pass (vectorised: the reductions may be reassociated).
 template <class T>
-compute_t<T> dot(const T* a, const T* b, int64_t dim) {
-    compute_t<T> acc = 0;
-    for (int64_t d = 0; d < dim; ++d) acc += load(a, d) * load(b, d);
-    return acc;
+void pair_dots(const T* a, const T* b, int64_t dim, compute_t<T>& aa, compute_t<T>& bb,
+               compute_t<T>& ab) {
+    compute_t<T> s_aa = 0, s_bb = 0, s_ab = 0;
+#pragma omp simd reduction(+ : s_aa, s_bb, s_ab)
+    for (int64_t d = 0; d < dim; ++d) {
+        compute_t<T> x = load(a, d), y = load(b, d);
+        s_aa += x * x;
+        s_bb += y * y;
+        s_ab += x * y;
+    }
+    aa = s_aa;
+    bb = s_bb;
+    ab = s_ab;
 }
 
 template <class T>
@@ -36,15 +46,13 @@ void forward(const T* q, const T* k, const int32_t* cu, int64_t nseq, int64_t to
              compute_t<T>* p, uint8_t* mask) {
     using C = compute_t<T>;
     std::vector<uint8_t> starts = start_flags(cu, nseq, total);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (total * dim >= kMinParallelWork)
     for (int64_t t = 0; t < total; ++t) {
         C pt = 1;
         if (!starts[t]) {
-            const T* qt = q + t * dim;
-            const T* kp = k + (t - 1) * dim;
-            C nq = std::max<C>(std::sqrt(dot(qt, qt, dim)), C(kEps));
-            C nk = std::max<C>(std::sqrt(dot(kp, kp, dim)), C(kEps));
-            C cos = dot(qt, kp, dim) / (nq * nk);
+            C qq, kk, qk;
+            pair_dots(q + t * dim, k + (t - 1) * dim, dim, qq, kk, qk);
+            C cos = qk / (std::max<C>(std::sqrt(qq), C(kEps)) * std::max<C>(std::sqrt(kk), C(kEps)));
             pt = std::min<C>(std::max<C>((1 - cos) / 2, 0), 1);
         }
         p[t] = pt;
@@ -57,21 +65,34 @@ void backward(const compute_t<T>* dp, const T* q, const T* k, const int32_t* cu,
               int64_t total, int64_t dim, T* dq, T* dk) {
     using C = compute_t<T>;
     std::vector<uint8_t> starts = start_flags(cu, nseq, total);
-    std::vector<C> rq(total), rk(total), cos(total, 0), g(total, 0);
-#pragma omp parallel for schedule(static)
+    // rq, rk: |q_t|, |k_t|; qk: q_t . k_{t-1}
+    std::vector<C> rq(total), rk(total), qk(total, 0), cos(total, 0), g(total, 0);
+#pragma omp parallel for schedule(static) if (total * dim >= kMinParallelWork)
     for (int64_t t = 0; t < total; ++t) {
-        rq[t] = std::sqrt(dot(q + t * dim, q + t * dim, dim));
-        rk[t] = std::sqrt(dot(k + t * dim, k + t * dim, dim));
+        const T* qt = q + t * dim;
+        const T* kt = k + t * dim;
+        const T* kp = k + (t > 0 ? t - 1 : 0) * dim;
+        C qq = 0, kk = 0, cross = 0;
+#pragma omp simd reduction(+ : qq, kk, cross)
+        for (int64_t d = 0; d < dim; ++d) {
+            C qv = load(qt, d), kv = load(kt, d);
+            qq += qv * qv;
+            kk += kv * kv;
+            cross += qv * load(kp, d);
+        }
+        rq[t] = std::sqrt(qq);
+        rk[t] = std::sqrt(kk);
+        qk[t] = cross;
     }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (total * dim >= kMinParallelWork)
     for (int64_t t = 1; t < total; ++t) {
         if (starts[t]) continue;
         C nq = std::max<C>(rq[t], C(kEps)), nk = std::max<C>(rk[t - 1], C(kEps));
-        cos[t] = dot(q + t * dim, k + (t - 1) * dim, dim) / (nq * nk);
+        cos[t] = qk[t] / (nq * nk);
         C v = (1 - cos[t]) / 2;
         g[t] = (v >= 0 && v <= 1) ? -dp[t] / 2 : C(0);
     }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (total * dim >= kMinParallelWork)
     for (int64_t t = 0; t < total; ++t) {
         C nq = std::max<C>(rq[t], C(kEps)), nk = std::max<C>(rk[t], C(kEps));
         C a0 = 0, b0 = 0, a1 = 0, b1 = 0;

@@ -14,6 +14,10 @@
 namespace mmhnet {
 namespace routing {
 
+// Loops with less work than this (in elements) run on one thread: waking the OpenMP team costs
+// more than it saves, and much more when the cores are busy.
+constexpr int64_t kMinParallelWork = int64_t(1) << 16;
+
 enum class Dtype : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
 struct Half {

@@ -7,6 +7,8 @@
 // One task per (sequence, block of columns) walks its chunks in order; dp is reduced over the
 // column blocks in a fixed order afterwards, so results do not depend on the thread count.
 #include <algorithm>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/routing_common.h"
@@ -18,13 +20,27 @@ namespace {
 
 constexpr int64_t kColumnBlock = 64;
 
+// A (C, D) compute-type buffer: `reuse` itself when the storage type is the compute type (the
+// caller's output, about to be overwritten), else uninitialised scratch held in `holder`.
+template <class T>
+compute_t<T>* scratch_or(T* reuse, int64_t size, std::unique_ptr<compute_t<T>[]>& holder) {
+    if constexpr (std::is_same_v<T, compute_t<T>>) {
+        return reuse;
+    } else {
+        holder.reset(new compute_t<T>[static_cast<size_t>(size)]);
+        return holder.get();
+    }
+}
+
 template <class T>
 void forward(const T* z, const compute_t<T>* p, const int32_t* cu, int64_t nseq,
              int64_t num_chunks, int64_t dim, bool bidirectional, T* out) {
     using C = compute_t<T>;
     const int64_t col_blocks = (dim + kColumnBlock - 1) / kColumnBlock;
-    std::vector<C> e_all(bidirectional ? static_cast<size_t>(num_chunks * dim) : 0);
-#pragma omp parallel for collapse(2) schedule(dynamic)
+    // the forward sweep's e, read back (and overwritten in place) by the reverse sweep
+    std::unique_ptr<C[]> holder;
+    C* e_all = bidirectional ? scratch_or(out, num_chunks * dim, holder) : nullptr;
+#pragma omp parallel for collapse(2) schedule(dynamic) if (num_chunks * dim >= kMinParallelWork)
     for (int64_t s = 0; s < nseq; ++s) {
         for (int64_t cb = 0; cb < col_blocks; ++cb) {
             const int64_t d0 = cb * kColumnBlock, w = std::min(dim, d0 + kColumnBlock) - d0;
@@ -58,10 +74,12 @@ void backward(const T* dout, const T* z, const compute_t<T>* p, const int32_t* c
     using C = compute_t<T>;
     const int64_t col_blocks = (dim + kColumnBlock - 1) / kColumnBlock;
     const C scale = bidirectional ? C(0.5) : C(1);
-    std::vector<C> e_prev(static_cast<size_t>(num_chunks * dim));
-    std::vector<C> h_all(bidirectional ? static_cast<size_t>(num_chunks * dim) : 0);
+    // e_{c-1}, and H_c kept where dz will go (read just before dz overwrites it)
+    std::unique_ptr<C[]> e_prev(new C[static_cast<size_t>(num_chunks * dim)]);
+    std::unique_ptr<C[]> h_holder;
+    C* h_all = bidirectional ? scratch_or(dz, num_chunks * dim, h_holder) : nullptr;
     std::vector<C> dp_part(static_cast<size_t>(col_blocks * num_chunks), C(0));
-#pragma omp parallel for collapse(2) schedule(dynamic)
+#pragma omp parallel for collapse(2) schedule(dynamic) if (num_chunks * dim >= kMinParallelWork)
     for (int64_t s = 0; s < nseq; ++s) {
         for (int64_t cb = 0; cb < col_blocks; ++cb) {
             const int64_t d0 = cb * kColumnBlock, w = std::min(dim, d0 + kColumnBlock) - d0;
@@ -102,7 +120,7 @@ void backward(const T* dout, const T* z, const compute_t<T>* p, const int32_t* c
             }
         }
     }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (num_chunks * col_blocks >= kMinParallelWork)
     for (int64_t c = 0; c < num_chunks; ++c) {
         C acc = 0;
         for (int64_t cb = 0; cb < col_blocks; ++cb) acc += dp_part[cb * num_chunks + c];

@@ -16,7 +16,7 @@ template <class C>
 void means(const uint8_t* mask, const C* p, int64_t total, C* out) {
     const int64_t blocks = (total + kBlock - 1) / kBlock;
     std::vector<C> mask_part(blocks), p_part(blocks);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (total >= kMinParallelWork)
     for (int64_t b = 0; b < blocks; ++b) {
         C m = 0, s = 0;
         for (int64_t t = b * kBlock; t < std::min(total, (b + 1) * kBlock); ++t) {

@@ -18,7 +18,7 @@ void segment_sum_impl(const T* src, uintptr_t seg_id, bool seg_is64, const int64
                       int64_t n, int64_t num_segments, int64_t dim, bool dense, T* out) {
     using C = compute_t<T>;
     if (!dense) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (num_segments * dim >= kMinParallelWork)
         for (int64_t i = 0; i < num_segments * dim; ++i) store(out, i, C(0));
     }
     // runs of equal ids: run r covers positions [begin[r], begin[r + 1])
@@ -30,7 +30,7 @@ void segment_sum_impl(const T* src, uintptr_t seg_id, bool seg_is64, const int64
     const int64_t runs = static_cast<int64_t>(begin.size()) - 1;
     const int64_t col_blocks = (dim + kColumnBlock - 1) / kColumnBlock;
     // each (run, column block) is summed by one thread, rows in order: deterministic
-#pragma omp parallel for collapse(2) schedule(dynamic, 16)
+#pragma omp parallel for collapse(2) schedule(dynamic, 16) if (n * dim >= kMinParallelWork)
     for (int64_t r = 0; r < runs; ++r) {
         for (int64_t cb = 0; cb < col_blocks; ++cb) {
             int64_t s = load_index(seg_id, seg_is64, begin[r]);
@@ -51,12 +51,16 @@ void confidence_grad_impl(const T* dz, const T* zc, uintptr_t chunk_id, bool id_
                           const uint8_t* mask, int64_t total, int64_t num_chunks, int64_t dim,
                           compute_t<T>* dp) {
     using C = compute_t<T>;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (total * dim >= kMinParallelWork)
     for (int64_t t = 0; t < total; ++t) {
         int64_t c = load_index(chunk_id, id_is64, t);
         C acc = 0;
-        if (c >= 0 && c < num_chunks)
-            for (int64_t d = 0; d < dim; ++d) acc += load(dz + t * dim, d) * load(zc + c * dim, d);
+        if (c >= 0 && c < num_chunks) {
+            const T* g = dz + t * dim;
+            const T* z = zc + c * dim;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t d = 0; d < dim; ++d) acc += load(g, d) * load(z, d);
+        }
         dp[t] = mask[t] ? acc : -acc;
     }
 }
@@ -68,7 +72,7 @@ void gather_rows(uintptr_t src_addr, uintptr_t index, bool index_is64, uintptr_t
     const char* src = ptr<const char>(src_addr);
     const uint8_t* keep = ptr<const uint8_t>(keep_addr);
     char* out = ptr<char>(out_addr);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * row_bytes >= 4 * kMinParallelWork)
     for (int64_t i = 0; i < n; ++i) {
         int64_t r = load_index(index, index_is64, i);
         char* dst = out + i * row_bytes;
