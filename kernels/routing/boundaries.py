@@ -45,7 +45,7 @@ def _pair_stats(q_ptr, k_ptr, t, prev_ok, T, D, BLOCK_D: tl.constexpr):
 @triton.jit
 def _boundaries_fwd_kernel(q_ptr, k_ptr, start_ptr, p_ptr, mask_ptr, T, D, eps,
                            BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    t = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)  # row offsets past 2^31
     valid = t < T
     start = tl.load(start_ptr + t, mask=valid, other=1) != 0
     qq, kk, qk = _pair_stats(q_ptr, k_ptr, t, valid & (t > 0), T, D, BLOCK_D)
@@ -75,7 +75,7 @@ def _pair_grad_coef(dp_ptr, start_ptr, t, qq, kk, qk, T, eps):
 @triton.jit
 def _boundaries_bwd_kernel(dp_ptr, q_ptr, k_ptr, start_ptr, dq_ptr, dk_ptr, T, D, eps,
                            BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    t = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)  # row offsets past 2^31
     valid = t < T
     nxt = t + 1
     # pair (t, t-1) gives dq_t; pair (t+1, t) gives dk_t

@@ -55,8 +55,8 @@ def _compact_rows_kernel(x_ptr, mask_ptr, chunk_id_ptr, out_ptr, T, C, D,
     c = tl.load(chunk_id_ptr + t, mask=t < T, other=-1)
     keep = m & (c >= 0) & (c < C)
     dm = d[None, :] < D
-    rows = tl.load(x_ptr + t[:, None] * D + d[None, :], mask=keep[:, None] & dm)
-    tl.store(out_ptr + c[:, None] * D + d[None, :], rows, mask=keep[:, None] & dm)
+    rows = tl.load(x_ptr + t[:, None].to(tl.int64) * D + d[None, :], mask=keep[:, None] & dm)
+    tl.store(out_ptr + c[:, None].to(tl.int64) * D + d[None, :], rows, mask=keep[:, None] & dm)
 
 
 def chunk_index(mask, cu_seqlens):
