@@ -1,0 +1,134 @@
+"""Profiling one point inside the current process; run it in a fresh process per point
+(``python -m mmhnet.profile.worker REQUEST_JSON`` prints the record as JSON on its last line).
+
+In order: the footprint after the imports; the model (and for training its optimizer); a warm-up
+run at the first probe duration (lazy initialisation, the optimizer state); the memory model of
+the bytes a run adds (handed in, fitted by the caller on longer runs of the same series, or
+fitted here on probe runs at ``probe_seconds``); the estimate for the requested duration,
+refused if over the limit; else one run at that duration, measuring its peak memory and time.
+Between runs the inputs and gradients are dropped and freed memory handed back, so each run
+starts from the weights and the optimizer state.
+"""
+
+import json
+import sys
+import time
+from dataclasses import asdict
+
+from .estimate import LinearMemoryModel, format_bytes
+from .meter import make_meter
+from .records import ProfileRecord
+from .workloads import Workload, WorkloadSpec, input_bytes
+
+__all__ = ["PROBE_SECONDS", "LIMIT_FRACTION", "profile_point", "measure_run"]
+
+PROBE_SECONDS = (4.0, 8.0)
+LIMIT_FRACTION = 0.9   # default limit: this share of the memory available when the point starts
+
+
+def measure_run(meter, workload, seconds):
+    """One run at ``seconds``: (peak bytes above what was held before, run seconds, steps)."""
+    meter.release()
+    before = meter.current()
+    meter.reset_peak()
+    workload.prepare(seconds)
+    meter.synchronize()
+    start = time.perf_counter()
+    steps = workload.run()
+    meter.synchronize()
+    elapsed = time.perf_counter() - start
+    peak = meter.peak()
+    workload.clear()
+    meter.release()
+    return peak - before, elapsed, steps
+
+
+def _memory_model(meter, workload, tokens, probe_seconds, memory_model):
+    """The fitted bytes-a-run-adds model and where it comes from, or (None, '') when the
+    requested duration is no longer than the probes (it needs no estimate)."""
+    if memory_model is not None:
+        return memory_model, "fitted on the two longest runs measured before"
+    if tokens <= max(workload.tokens(s) for s in probe_seconds):
+        return None, ""
+    points = [(workload.tokens(s), measure_run(meter, workload, s)[0]) for s in probe_seconds]
+    return LinearMemoryModel.fit(points), f"fitted on probe runs at {probe_seconds} s"
+
+
+def _refusal(record, fit, fit_source, limit_source):
+    return (f"refused: {record.model} {record.mode} at {record.seconds:g} s ({record.tokens} audio "
+            f"frames, batch {record.batch}) would need about "
+            f"{format_bytes(record.estimated_peak_bytes)} (estimate: what the process holds, "
+            f"plus {fit.describe()} {fit_source}), more than the "
+            f"{format_bytes(record.memory_limit_bytes)} {limit_source}. Use a shorter duration"
+            + ("" if record.checkpointing or record.mode != "train_step" else ", --checkpointing")
+            + " or a machine with more memory.")
+
+
+def profile_point(spec: WorkloadSpec, memory_limit=None, probe_seconds=PROBE_SECONDS,
+                  memory_model=None):
+    """Profile one point in this process. memory_limit: the most bytes the process (CPU) or the
+    allocator (CUDA) may hold at the peak; default LIMIT_FRACTION of what is available now on
+    top of what is held. memory_model: a LinearMemoryModel of the bytes a run adds, or None to
+    fit one on probe runs. Returns a ProfileRecord (status "measured" or "refused")."""
+    meter = make_meter(spec.device)
+    meter.release()
+    runtime = meter.current()
+    workload = Workload(spec)
+    record = ProfileRecord(
+        model=spec.model, mode=spec.mode, seconds=spec.seconds,
+        tokens=workload.tokens(spec.seconds), peak_bytes=None, seconds_per_step=None,
+        config=spec.config, device=spec.device, batch=spec.batch,
+        steps=spec.steps if spec.mode == "sample" else 1, checkpointing=spec.checkpointing,
+        params=sum(p.numel() for p in workload.model.parameters()),
+        inputs_bytes=input_bytes(workload.config, spec.seconds, spec.batch),
+        runtime_bytes=runtime, meter=meter.kind)
+
+    measure_run(meter, workload, probe_seconds[0])  # warm-up
+    fit, fit_source = _memory_model(meter, workload, record.tokens, probe_seconds, memory_model)
+    held = meter.current()
+    record.weights_bytes, record.grad_bytes, record.optimizer_bytes = workload.state_bytes()
+    record.held_bytes = int(held - runtime)
+    if fit is not None:
+        if memory_limit is None:
+            limit, limit_source = held + LIMIT_FRACTION * meter.available(), (
+                f"this point may use ({LIMIT_FRACTION:.0%} of the memory available when it "
+                f"started)")
+        else:
+            limit, limit_source = memory_limit, "allowed by the memory limit"
+        record.fit_fixed_bytes, record.fit_bytes_per_token = fit.fixed, fit.per_token
+        record.estimated_peak_bytes = int(held - runtime + fit.predict(record.tokens))
+        record.memory_limit_bytes = int(limit - runtime)
+        if record.estimated_peak_bytes > record.memory_limit_bytes:
+            record.status = "refused"
+            record.message = _refusal(record, fit, fit_source, limit_source)
+            return record
+
+    added, elapsed, steps = measure_run(meter, workload, spec.seconds)
+    record.peak_bytes = int(held - runtime + added)
+    record.absolute_peak_bytes = int(held + added)
+    record.activation_bytes = max(int(added - record.grad_bytes - record.inputs_bytes), 0)
+    record.seconds_total = elapsed
+    record.seconds_per_step = elapsed / steps
+    return record
+
+
+def main(argv):
+    request = json.loads(argv[0])
+    spec = WorkloadSpec(**request["spec"])
+    model = request.get("memory_model")
+    try:
+        record = profile_point(spec, request.get("memory_limit"),
+                               tuple(request.get("probe_seconds", PROBE_SECONDS)),
+                               LinearMemoryModel(**model) if model else None)
+    except Exception as exc:  # reported to the parent as a failed point, with the reason
+        record = ProfileRecord(model=spec.model, mode=spec.mode, seconds=spec.seconds, tokens=0,
+                               peak_bytes=None, seconds_per_step=None, config=spec.config,
+                               device=spec.device, batch=spec.batch,
+                               checkpointing=spec.checkpointing, status="failed",
+                               message=f"{type(exc).__name__}: {exc}")
+    print(json.dumps(asdict(record)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
