@@ -286,3 +286,20 @@ def test_round_trip_matches_reference(backend):
     assert_close_rel(out.cpu(), out_ref, TOL[torch.float32], "out")
     for name, g, g_ref in zip(("dq", "dk", "dx"), grads, grads_ref):
         assert_close_rel(g.cpu(), g_ref, TOL[torch.float32], name)
+
+
+@pytest.mark.parametrize("backend", backend_params("chunk_gather"))
+def test_empty_inputs(backend):
+    """No tokens at all (and empty sequences): every op returns empty results and gradients."""
+    dev = backend_device(backend)
+    q = torch.zeros(0, 5, device=dev, requires_grad=True)
+    cu = torch.zeros(3, dtype=torch.int32, device=dev)
+    p, mask = route_boundaries(q, q, cu, backend=backend)
+    xc, chunk_cu, chunk_id, pc = chunk_gather(q, mask, cu, p=p, backend=backend)
+    e = ema_smooth(xc, pc, chunk_cu, True, backend=None if backend == "cuda" else backend)
+    y = chunk_scatter(e, chunk_id, p=p, mask=mask, backend=backend)
+    (dq,) = torch.autograd.grad(y.sum(), (q,))
+    assert y.shape == (0, 5) and dq.shape == (0, 5) and chunk_cu.tolist() == [0, 0, 0]
+    none = torch.zeros(0, dtype=torch.long, device=dev)
+    out = token_scatter(token_gather(q, none, backend=backend), none, 3, backend=backend)
+    assert torch.equal(out, torch.zeros(3, 5, device=dev))
