@@ -40,6 +40,9 @@ inline const std::map<std::string, ScanOperand>& scan_operands() {
         {"dC_heads", {&ScanParams::dC_heads, 4}},
         {"dB_rev_heads", {&ScanParams::dB_rev_heads, 4}},
         {"dC_rev_heads", {&ScanParams::dC_rev_heads, 4}},
+        {"ws_yhat", {&ScanParams::ws_yhat, 1}},   {"ws_gyp", {&ScanParams::ws_gyp, 1}},
+        {"ws_dx", {&ScanParams::ws_dx, 1}},       {"ws_dlog", {&ScanParams::ws_dlog, 1}},
+        {"ws_xgu", {&ScanParams::ws_xgu, 1}},
     };
     return table;
 }

@@ -34,6 +34,12 @@
 
 #include <cstdint>
 
+#if defined(__CUDACC__)
+#define MMHNET_HOST_DEVICE __host__ __device__
+#else
+#define MMHNET_HOST_DEVICE
+#endif
+
 namespace mmhnet {
 
 enum ScanDirections : int { kScanForward = 1, kScanReverse = 2, kScanBoth = 3 };
@@ -45,7 +51,7 @@ struct ScanTensor {
     void* ptr = nullptr;
     int64_t stride[4] = {0, 0, 0, 0};
 
-    bool present() const { return ptr != nullptr; }
+    MMHNET_HOST_DEVICE bool present() const { return ptr != nullptr; }
 };
 
 struct ScanParams {
@@ -75,8 +81,14 @@ struct ScanParams {
     ScanTensor dA_part, dA_rev_part, dD_part;
     ScanTensor dB_heads, dC_heads, dB_rev_heads, dC_rev_heads;
 
-    int64_t group_of(int64_t head) const { return head / (nheads / ngroups); }
-    int64_t ntasks() const { return batch * nseq * nheads; }
+    // CUDA scratch, compute dtype, contiguous, allocated by the caller (1-D, flat):
+    // ws_yhat (ndirs, b, l, h, p) per-direction outputs (forward, and the backward with z);
+    // ws_gyp (b, l, h, p) the output gradient before the combination; ws_dx (b, l, h, p) dx
+    // accumulated in the compute dtype (half storage only); ws_dlog, ws_xgu (ndirs, b, l, h).
+    ScanTensor ws_yhat, ws_gyp, ws_dx, ws_dlog, ws_xgu;
+
+    MMHNET_HOST_DEVICE int64_t group_of(int64_t head) const { return head / (nheads / ngroups); }
+    MMHNET_HOST_DEVICE int64_t ntasks() const { return batch * nseq * nheads; }
 };
 
 }  // namespace mmhnet

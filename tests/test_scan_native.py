@@ -37,6 +37,14 @@ def test_cpu_is_the_default_for_cpu_tensors(monkeypatch):
     assert ops.resolve_backend(None, torch.device("cpu"), "bi_selective_scan", "bi_scan_fwd") == "cpu"
 
 
+def test_cpu_module_does_not_link_torch():
+    """No torch library or symbol in mmhnet._C: a torch upgrade cannot break it."""
+    with open(native_cpu.__file__, "rb") as f:
+        binary = f.read()
+    for marker in (b"libtorch", b"libc10", b"_ZN3c10", b"_ZN2at"):
+        assert marker not in binary, marker
+
+
 # ------------------------------------------------------------------------------------------------
 # every option, float64 (tight tolerance) and float32
 

@@ -3,6 +3,7 @@
 
 namespace mmhnet {
 void register_cuda_kernels(pybind11::module_& m) {
+    register_scan_cuda(m);
     register_routing_cuda_kernels(m);
 }
 }  // namespace mmhnet

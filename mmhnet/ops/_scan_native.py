@@ -96,9 +96,18 @@ class _Call:
             self.cu_seqlens = a.cu_seqlens.to(torch.int32).contiguous()
             self.tensors["cu_seqlens"] = _ref(self.cu_seqlens)
         self.flags = (bool(a.dt_softplus), int(a.directions), bool(a.quasi))
+        self.scratch = []
+        self.ndirs = 2 if a.directions == BOTH else 1
+        self.numel = a.x.numel()
 
     def empty(self, shape, dtype=None):
         return _alloc.empty(tuple(shape), dtype or self.cd, self.inputs["x"].device)
+
+    def workspace(self, name, numel):
+        """CUDA scratch (flat, compute dtype), kept alive by this call object."""
+        t = torch.empty(numel, dtype=self.cd, device=self.inputs["x"].device)
+        self.scratch.append(t)
+        self.tensors[name] = _ref(t)
 
     def run(self, fn_name):
         fn = getattr(_module(self.backend), fn_name)
@@ -124,6 +133,8 @@ def forward(a):
     call = _Call(a, backend)
     y = call.empty(a.x.shape, call.store)
     call.tensors["y"] = _ref(y)
+    if backend == "cuda":
+        call.workspace("ws_yhat", call.ndirs * call.numel)
     call.run("bi_scan_fwd")
     return y.to(a.x.dtype)
 
@@ -157,6 +168,14 @@ def backward(dy, a):
             out[grad] = call.empty(shape)
     call.tensors["dy"] = _ref(dy)
     call.tensors.update({name: _ref(t) for name, t in out.items()})
+    if backend == "cuda":
+        if a.z is not None:
+            call.workspace("ws_yhat", call.ndirs * call.numel)
+        call.workspace("ws_gyp", call.numel)
+        call.workspace("ws_dlog", call.ndirs * b * l * h)
+        call.workspace("ws_xgu", call.ndirs * b * l * h)
+        if call.store != call.cd:
+            call.workspace("ws_dx", call.numel)
     call.run("bi_scan_bwd")
 
     def heads_to_groups(t):
