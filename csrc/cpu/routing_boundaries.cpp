@@ -130,6 +130,8 @@ void boundaries_backward(uintptr_t dp, uintptr_t q, uintptr_t k, uintptr_t cu, i
                          int64_t total, int64_t dim, int dtype, uintptr_t dq, uintptr_t dk) {
     dispatch(dtype, "routing_boundaries_bwd", [&](auto tag) {
         using T = decltype(tag);
+        advise_huge_pages(dq, total * dim * static_cast<int64_t>(sizeof(T)));
+        advise_huge_pages(dk, total * dim * static_cast<int64_t>(sizeof(T)));
         backward<T>(ptr<const compute_t<T>>(dp), ptr<const T>(q), ptr<const T>(k),
                     ptr<const int32_t>(cu), nseq, total, dim, ptr<T>(dq), ptr<T>(dk));
     });

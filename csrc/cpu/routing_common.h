@@ -11,6 +11,10 @@
 #include <stdexcept>
 #include <string>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace mmhnet {
 namespace routing {
 
@@ -114,6 +118,23 @@ void dispatch(int dtype, const char* op, F&& f) {
         case Dtype::kBFloat16: f(BFloat16{}); return;
     }
     throw std::invalid_argument(std::string(op) + ": unknown dtype code " + std::to_string(dtype));
+}
+
+// Large outputs are written right after torch allocated them, so their first touch page-faults
+// page by page. Asking for transparent huge pages first (where THP is in "madvise" mode) makes
+// that 512 times fewer faults. Only the 2 MiB-aligned inside of the buffer is advised; it is a
+// hint and never fails the call.
+inline void advise_huge_pages(uintptr_t address, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+    if (bytes < static_cast<int64_t>(4 * kHuge)) return;
+    const uintptr_t begin = (address + kHuge - 1) & ~(kHuge - 1);
+    const uintptr_t end = (address + static_cast<uintptr_t>(bytes)) & ~(kHuge - 1);
+    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+    (void)address;
+    (void)bytes;
+#endif
 }
 
 template <class T>

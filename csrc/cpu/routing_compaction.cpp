@@ -29,6 +29,7 @@ void compact_rows(uintptr_t x_addr, uintptr_t mask_addr, uintptr_t chunk_id_addr
     const uint8_t* mask = ptr<const uint8_t>(mask_addr);
     const int32_t* chunk_id = ptr<const int32_t>(chunk_id_addr);
     char* out = ptr<char>(out_addr);
+    advise_huge_pages(out_addr, num_chunks * row_bytes);
 #pragma omp parallel for schedule(static) if (total * row_bytes >= 4 * kMinParallelWork)
     for (int64_t t = 0; t < total; ++t) {
         int64_t c = chunk_id[t];

@@ -134,6 +134,7 @@ void ema_forward(uintptr_t z, uintptr_t p, uintptr_t cu, int64_t nseq, int64_t n
                  int64_t dim, int dtype, bool bidirectional, uintptr_t out) {
     dispatch(dtype, "routing_ema", [&](auto tag) {
         using T = decltype(tag);
+        advise_huge_pages(out, num_chunks * dim * static_cast<int64_t>(sizeof(T)));
         forward<T>(ptr<const T>(z), ptr<const compute_t<T>>(p), ptr<const int32_t>(cu), nseq,
                    num_chunks, dim, bidirectional, ptr<T>(out));
     });
@@ -144,6 +145,7 @@ void ema_backward(uintptr_t dout, uintptr_t z, uintptr_t p, uintptr_t cu, int64_
                   uintptr_t dp) {
     dispatch(dtype, "routing_ema_bwd", [&](auto tag) {
         using T = decltype(tag);
+        advise_huge_pages(dz, num_chunks * dim * static_cast<int64_t>(sizeof(T)));
         backward<T>(ptr<const T>(dout), ptr<const T>(z), ptr<const compute_t<T>>(p),
                     ptr<const int32_t>(cu), nseq, num_chunks, dim, bidirectional, ptr<T>(dz),
                     ptr<compute_t<T>>(dp));

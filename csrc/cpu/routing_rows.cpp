@@ -72,6 +72,7 @@ void gather_rows(uintptr_t src_addr, uintptr_t index, bool index_is64, uintptr_t
     const char* src = ptr<const char>(src_addr);
     const uint8_t* keep = ptr<const uint8_t>(keep_addr);
     char* out = ptr<char>(out_addr);
+    advise_huge_pages(out_addr, n * row_bytes);
 #pragma omp parallel for schedule(static) if (n * row_bytes >= 4 * kMinParallelWork)
     for (int64_t i = 0; i < n; ++i) {
         int64_t r = load_index(index, index_is64, i);
@@ -87,6 +88,7 @@ void segment_sum(uintptr_t src, uintptr_t seg_id, bool seg_is64, uintptr_t order
                  int64_t num_segments, int64_t dim, int dtype, bool dense, uintptr_t out) {
     dispatch(dtype, "routing_segment_sum", [&](auto tag) {
         using T = decltype(tag);
+        advise_huge_pages(out, num_segments * dim * static_cast<int64_t>(sizeof(T)));
         segment_sum_impl<T>(ptr<const T>(src), seg_id, seg_is64, ptr<const int64_t>(order), n,
                             num_segments, dim, dense, ptr<T>(out));
     });
