@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine with only python3:
 #   make test    create .venv, install torch (if missing), build, run the whole test suite
 #   make bench   same set-up, then the kernel benchmarks and the 5-minute memory profile
+#   make study   same set-up, then the train-short / test-long study of the MMHNet model
 PYTHON     ?= python3
 VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -28,6 +29,12 @@ test: install
 
 bench: install
 	$(PY) -m benchmarks.run
+
+# the train-short / test-long study (docs/study.md), under 15 minutes on CPU; matplotlib (the
+# 'plot' extra of pyproject.toml) draws its PNG and is installed here only
+study: install
+	$(PY) -c "import matplotlib" 2>/dev/null || $(PIP) install matplotlib
+	$(PY) -m mmhnet.study --out docs/study
 
 clean:
 	rm -rf build *.egg-info mmhnet/*.so $(VENV)/.installed
