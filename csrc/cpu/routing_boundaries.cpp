@@ -106,11 +106,15 @@ void backward(const compute_t<T>* dp, const T* q, const T* k, const int32_t* cu,
         }
         const T* qt = q + t * dim;
         const T* kt = k + t * dim;
+        // at the ends a0 (a1) is 0, so any row stands in for the missing neighbour
+        const T* kprev = t > 0 ? kt - dim : kt;
+        const T* qnext = t + 1 < total ? qt + dim : qt;
+        T* dqt = dq + t * dim;
+        T* dkt = dk + t * dim;
+#pragma omp simd
         for (int64_t d = 0; d < dim; ++d) {
-            C kprev = t > 0 ? load(k + (t - 1) * dim, d) : C(0);
-            C qnext = t + 1 < total ? load(q + (t + 1) * dim, d) : C(0);
-            store(dq + t * dim, d, a0 * kprev - b0 * load(qt, d));
-            store(dk + t * dim, d, a1 * qnext - b1 * load(kt, d));
+            store(dqt, d, a0 * load(kprev, d) - b0 * load(qt, d));
+            store(dkt, d, a1 * load(qnext, d) - b1 * load(kt, d));
         }
     }
 }

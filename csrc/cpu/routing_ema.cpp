@@ -28,13 +28,15 @@ compute_t<T>* scratch_or(T* reuse, int64_t size, std::unique_ptr<compute_t<T>[]>
         return reuse;
     } else {
         holder.reset(new compute_t<T>[static_cast<size_t>(size)]);
+        advise_huge_pages(reinterpret_cast<uintptr_t>(holder.get()),
+                          size * static_cast<int64_t>(sizeof(compute_t<T>)));
         return holder.get();
     }
 }
 
-template <class T>
+template <class T, bool bidirectional>
 void forward(const T* z, const compute_t<T>* p, const int32_t* cu, int64_t nseq,
-             int64_t num_chunks, int64_t dim, bool bidirectional, T* out) {
+             int64_t num_chunks, int64_t dim, T* out) {
     using C = compute_t<T>;
     const int64_t col_blocks = (dim + kColumnBlock - 1) / kColumnBlock;
     // the forward sweep's e, read back (and overwritten in place) by the reverse sweep
@@ -47,18 +49,20 @@ void forward(const T* z, const compute_t<T>* p, const int32_t* cu, int64_t nseq,
             C state[kColumnBlock] = {};
             for (int64_t c = cu[s]; c < cu[s + 1]; ++c) {
                 const T* zc = z + c * dim + d0;
+#pragma omp simd
                 for (int64_t d = 0; d < w; ++d) {
                     state[d] = p[c] * load(zc, d) + (1 - p[c]) * state[d];
-                    if (bidirectional)
+                    if constexpr (bidirectional)
                         e_all[c * dim + d0 + d] = state[d];
                     else
                         store(out + c * dim + d0, d, state[d]);
                 }
             }
-            if (!bidirectional) continue;
+            if constexpr (!bidirectional) continue;
             std::fill(state, state + kColumnBlock, C(0));
             for (int64_t c = cu[s + 1] - 1; c >= cu[s]; --c) {
                 const T* zc = z + c * dim + d0;
+#pragma omp simd
                 for (int64_t d = 0; d < w; ++d) {
                     state[d] = p[c] * load(zc, d) + (1 - p[c]) * state[d];
                     store(out + c * dim + d0, d, (e_all[c * dim + d0 + d] + state[d]) / 2);
@@ -68,14 +72,16 @@ void forward(const T* z, const compute_t<T>* p, const int32_t* cu, int64_t nseq,
     }
 }
 
-template <class T>
+template <class T, bool bidirectional>
 void backward(const T* dout, const T* z, const compute_t<T>* p, const int32_t* cu, int64_t nseq,
-              int64_t num_chunks, int64_t dim, bool bidirectional, T* dz, compute_t<T>* dp) {
+              int64_t num_chunks, int64_t dim, T* dz, compute_t<T>* dp) {
     using C = compute_t<T>;
     const int64_t col_blocks = (dim + kColumnBlock - 1) / kColumnBlock;
-    const C scale = bidirectional ? C(0.5) : C(1);
+    constexpr C scale = bidirectional ? C(0.5) : C(1);
     // e_{c-1}, and H_c kept where dz will go (read just before dz overwrites it)
     std::unique_ptr<C[]> e_prev(new C[static_cast<size_t>(num_chunks * dim)]);
+    advise_huge_pages(reinterpret_cast<uintptr_t>(e_prev.get()),
+                      num_chunks * dim * static_cast<int64_t>(sizeof(C)));
     std::unique_ptr<C[]> h_holder;
     C* h_all = bidirectional ? scratch_or(dz, num_chunks * dim, h_holder) : nullptr;
     std::vector<C> dp_part(static_cast<size_t>(col_blocks * num_chunks), C(0));
@@ -88,11 +94,12 @@ void backward(const T* dout, const T* z, const compute_t<T>* p, const int32_t* c
             // left to right: e_{c-1}, and H_c
             for (int64_t c = first; c < end; ++c) {
                 const C a_prev = c > first ? 1 - p[c - 1] : C(0);
+#pragma omp simd
                 for (int64_t d = 0; d < w; ++d) {
                     const int64_t i = c * dim + d0 + d;
                     e_prev[i] = e[d];
                     e[d] = p[c] * load(z, i) + (1 - p[c]) * e[d];
-                    if (bidirectional) {
+                    if constexpr (bidirectional) {
                         h[d] = scale * load(dout, i) + a_prev * h[d];
                         h_all[i] = h[d];
                     }
@@ -103,13 +110,14 @@ void backward(const T* dout, const T* z, const compute_t<T>* p, const int32_t* c
             for (int64_t c = end - 1; c >= first; --c) {
                 const C a_next = c + 1 < end ? 1 - p[c + 1] : C(0);
                 C part = 0;
+#pragma omp simd reduction(+ : part)
                 for (int64_t d = 0; d < w; ++d) {
                     const int64_t i = c * dim + d0 + d;
                     const C zc = load(z, i);
                     g[d] = scale * load(dout, i) + a_next * g[d];
                     C total = g[d];
                     part += g[d] * (zc - e_prev[i]);
-                    if (bidirectional) {
+                    if constexpr (bidirectional) {
                         total += h_all[i];
                         part += h_all[i] * (zc - r[d]);
                         r[d] = p[c] * zc + (1 - p[c]) * r[d];
@@ -135,8 +143,9 @@ void ema_forward(uintptr_t z, uintptr_t p, uintptr_t cu, int64_t nseq, int64_t n
     dispatch(dtype, "routing_ema", [&](auto tag) {
         using T = decltype(tag);
         advise_huge_pages(out, num_chunks * dim * static_cast<int64_t>(sizeof(T)));
-        forward<T>(ptr<const T>(z), ptr<const compute_t<T>>(p), ptr<const int32_t>(cu), nseq,
-                   num_chunks, dim, bidirectional, ptr<T>(out));
+        auto run = bidirectional ? forward<T, true> : forward<T, false>;
+        run(ptr<const T>(z), ptr<const compute_t<T>>(p), ptr<const int32_t>(cu), nseq, num_chunks,
+            dim, ptr<T>(out));
     });
 }
 
@@ -146,9 +155,9 @@ void ema_backward(uintptr_t dout, uintptr_t z, uintptr_t p, uintptr_t cu, int64_
     dispatch(dtype, "routing_ema_bwd", [&](auto tag) {
         using T = decltype(tag);
         advise_huge_pages(dz, num_chunks * dim * static_cast<int64_t>(sizeof(T)));
-        backward<T>(ptr<const T>(dout), ptr<const T>(z), ptr<const compute_t<T>>(p),
-                    ptr<const int32_t>(cu), nseq, num_chunks, dim, bidirectional, ptr<T>(dz),
-                    ptr<compute_t<T>>(dp));
+        auto run = bidirectional ? backward<T, true> : backward<T, false>;
+        run(ptr<const T>(dout), ptr<const T>(z), ptr<const compute_t<T>>(p),
+            ptr<const int32_t>(cu), nseq, num_chunks, dim, ptr<T>(dz), ptr<compute_t<T>>(dp));
     });
 }
 
