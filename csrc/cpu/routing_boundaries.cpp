@@ -60,63 +60,76 @@ void forward(const T* q, const T* k, const int32_t* cu, int64_t nseq, int64_t to
     }
 }
 
+// |q_t|, |k_t| and q_t . k_{t-1} (0 for t = 0).
+template <class T>
+struct RowStats {
+    compute_t<T> rq = 0, rk = 0, qk = 0;
+};
+
+template <class T>
+RowStats<T> row_stats(const T* q, const T* k, int64_t t, int64_t dim) {
+    using C = compute_t<T>;
+    const T* qt = q + t * dim;
+    const T* kt = k + t * dim;
+    const T* kp = t > 0 ? kt - dim : kt;
+    const C prev_weight = t > 0 ? C(1) : C(0);
+    C qq = 0, kk = 0, cross = 0;
+#pragma omp simd reduction(+ : qq, kk, cross)
+    for (int64_t d = 0; d < dim; ++d) {
+        C qv = load(qt, d), kv = load(kt, d);
+        qq += qv * qv;
+        kk += kv * kv;
+        cross += qv * load(kp, d);
+    }
+    return {std::sqrt(qq), std::sqrt(kk), prev_weight * cross};
+}
+
+// One streaming pass: a thread walks its range of tokens keeping the statistics of t-1, t and
+// t+1, so every row of q and k comes from memory once and the neighbours from cache.
 template <class T>
 void backward(const compute_t<T>* dp, const T* q, const T* k, const int32_t* cu, int64_t nseq,
               int64_t total, int64_t dim, T* dq, T* dk) {
     using C = compute_t<T>;
-    std::vector<uint8_t> starts = start_flags(cu, nseq, total);
-    // rq, rk: |q_t|, |k_t|; qk: q_t . k_{t-1}
-    std::vector<C> rq(total), rk(total), qk(total, 0), cos(total, 0), g(total, 0);
-#pragma omp parallel for schedule(static) if (total * dim >= kMinParallelWork)
-    for (int64_t t = 0; t < total; ++t) {
-        const T* qt = q + t * dim;
-        const T* kt = k + t * dim;
-        const T* kp = k + (t > 0 ? t - 1 : 0) * dim;
-        C qq = 0, kk = 0, cross = 0;
-#pragma omp simd reduction(+ : qq, kk, cross)
-        for (int64_t d = 0; d < dim; ++d) {
-            C qv = load(qt, d), kv = load(kt, d);
-            qq += qv * qv;
-            kk += kv * kv;
-            cross += qv * load(kp, d);
-        }
-        rq[t] = std::sqrt(qq);
-        rk[t] = std::sqrt(kk);
-        qk[t] = cross;
-    }
-#pragma omp parallel for schedule(static) if (total * dim >= kMinParallelWork)
-    for (int64_t t = 1; t < total; ++t) {
-        if (starts[t]) continue;
-        C nq = std::max<C>(rq[t], C(kEps)), nk = std::max<C>(rk[t - 1], C(kEps));
-        cos[t] = qk[t] / (nq * nk);
-        C v = (1 - cos[t]) / 2;
-        g[t] = (v >= 0 && v <= 1) ? -dp[t] / 2 : C(0);
-    }
-#pragma omp parallel for schedule(static) if (total * dim >= kMinParallelWork)
-    for (int64_t t = 0; t < total; ++t) {
-        C nq = std::max<C>(rq[t], C(kEps)), nk = std::max<C>(rk[t], C(kEps));
-        C a0 = 0, b0 = 0, a1 = 0, b1 = 0;
-        if (t > 0 && g[t] != 0) {
-            a0 = g[t] / (nq * std::max<C>(rk[t - 1], C(kEps)));
-            b0 = rq[t] > C(kEps) ? g[t] * cos[t] / (nq * nq) : C(0);
-        }
-        if (t + 1 < total && g[t + 1] != 0) {
-            a1 = g[t + 1] / (nk * std::max<C>(rq[t + 1], C(kEps)));
-            b1 = rk[t] > C(kEps) ? g[t + 1] * cos[t + 1] / (nk * nk) : C(0);
-        }
-        const T* qt = q + t * dim;
-        const T* kt = k + t * dim;
-        // at the ends a0 (a1) is 0, so any row stands in for the missing neighbour
-        const T* kprev = t > 0 ? kt - dim : kt;
-        const T* qnext = t + 1 < total ? qt + dim : qt;
-        T* dqt = dq + t * dim;
-        T* dkt = dk + t * dim;
+    const std::vector<uint8_t> starts = start_flags(cu, nseq, total);
+    const C eps = C(kEps);
+    // cos and g of the pair (t, t-1); 0 where the pair crosses a sequence start
+    auto pair = [&](int64_t t, const RowStats<T>& st, C rk_prev, C& cos, C& g) {
+        cos = 0;
+        g = 0;
+        if (t <= 0 || t >= total || starts[t]) return;
+        cos = st.qk / (std::max(st.rq, eps) * std::max(rk_prev, eps));
+        const C v = (1 - cos) / 2;
+        if (v >= 0 && v <= 1) g = -dp[t] / 2;
+    };
+    parallel_ranges(total, total * dim, [&](int64_t lo, int64_t hi) {
+        RowStats<T> prev = lo > 0 ? row_stats(q, k, lo - 1, dim) : RowStats<T>{};
+        RowStats<T> cur = row_stats(q, k, lo, dim);
+        for (int64_t t = lo; t < hi; ++t) {
+            const RowStats<T> next = t + 1 < total ? row_stats(q, k, t + 1, dim) : RowStats<T>{};
+            C cos0, g0, cos1, g1;
+            pair(t, cur, prev.rk, cos0, g0);
+            pair(t + 1, next, cur.rk, cos1, g1);
+            const C nq = std::max(cur.rq, eps), nk = std::max(cur.rk, eps);
+            const C a0 = g0 / (nq * std::max(prev.rk, eps));
+            const C b0 = cur.rq > eps ? g0 * cos0 / (nq * nq) : C(0);
+            const C a1 = g1 / (nk * std::max(next.rq, eps));
+            const C b1 = cur.rk > eps ? g1 * cos1 / (nk * nk) : C(0);
+            const T* qt = q + t * dim;
+            const T* kt = k + t * dim;
+            // at the ends a0 (a1) is 0, so any row stands in for the missing neighbour
+            const T* kprev = t > 0 ? kt - dim : kt;
+            const T* qnext = t + 1 < total ? qt + dim : qt;
+            T* dqt = dq + t * dim;
+            T* dkt = dk + t * dim;
 #pragma omp simd
-        for (int64_t d = 0; d < dim; ++d) {
-            store(dqt, d, a0 * load(kprev, d) - b0 * load(qt, d));
-            store(dkt, d, a1 * load(qnext, d) - b1 * load(kt, d));
+            for (int64_t d = 0; d < dim; ++d) {
+                store(dqt, d, a0 * load(kprev, d) - b0 * load(qt, d));
+                store(dkt, d, a1 * load(qnext, d) - b1 * load(kt, d));
+            }
+            prev = cur;
+            cur = next;
         }
-    }
+    });
 }
 
 }  // namespace

@@ -14,6 +14,9 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace mmhnet {
 namespace routing {
@@ -134,6 +137,23 @@ inline void advise_huge_pages(uintptr_t address, int64_t bytes) {
 #else
     (void)address;
     (void)bytes;
+#endif
+}
+
+// Calls fn(lo, hi) on contiguous ranges covering [0, n), one per OpenMP thread (one range on
+// one thread when `work` is below kMinParallelWork).
+template <class F>
+void parallel_ranges(int64_t n, int64_t work, F&& fn) {
+#ifdef _OPENMP
+#pragma omp parallel if (work >= kMinParallelWork)
+    {
+        const int64_t parts = omp_get_num_threads(), part = omp_get_thread_num();
+        const int64_t lo = n * part / parts, hi = n * (part + 1) / parts;
+        if (lo < hi) fn(lo, hi);
+    }
+#else
+    (void)work;
+    if (n > 0) fn(0, n);
 #endif
 }
 
