@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "cpu_rank1_scan.h"
+#include "cpu_vec_math.h"
 #include "scan_params.h"
 
 namespace mmhnet {
@@ -32,7 +33,6 @@ constexpr double kRescaleLimit = sizeof(T) == 4 ? 20.0 : 200.0;
 // ---------------------------------------------------------------------------------------------
 // activations, in double (per token or per element, never in the inner loop)
 
-inline double softplus(double v) { return v > 20.0 ? v : std::log1p(std::exp(v)); }  // as torch
 inline double softplus_grad(double v) { return v > 20.0 ? 1.0 : 1.0 / (1.0 + std::exp(-v)); }
 
 // ---------------------------------------------------------------------------------------------
@@ -175,43 +175,46 @@ struct Order {
 };
 
 // dt' and the decay exp(dt' A) per head and token (time order), for each direction; computed
-// once when both directions share dt and A.
+// once when both directions share dt and A, with vectorised softplus and exp.
 class UnitSchedule {
   public:
     template <typename T>
     void prepare(const ScanParams& P, const Unit& u) {
-        len_ = u.len;
+        stride_ = (u.len + kLanes<double> - 1) / kLanes<double> * kLanes<double>;
         shared_ = !P.dt_rev.present() && !P.A_rev.present();
         const bool fwd = P.directions & kScanForward, rev = P.directions & kScanReverse;
         if (fwd || shared_) fill<T>(P, u, false, 0);
         if (rev && !shared_) fill<T>(P, u, true, 1);
     }
 
-    const double* dt_eff(bool rev, int64_t hl) const { return dt_eff_[slot(rev)].data() + hl * len_; }
-    const double* decay(bool rev, int64_t hl) const { return decay_[slot(rev)].data() + hl * len_; }
+    const double* dt_eff(bool rev, int64_t hl) const { return dt_eff_[slot(rev)].data() + hl * stride_; }
+    const double* decay(bool rev, int64_t hl) const { return decay_[slot(rev)].data() + hl * stride_; }
 
   private:
     int slot(bool rev) const { return rev && !shared_ ? 1 : 0; }
 
     template <typename T>
     void fill(const ScanParams& P, const Unit& u, bool rev, int slot) {
-        dt_eff_[slot].resize(u.nh * u.len);
-        decay_[slot].resize(u.nh * u.len);
+        double* eff_all = grown(dt_eff_[slot], u.nh * stride_);
+        double* decay_all = grown(decay_[slot], u.nh * stride_);
         for (int64_t hl = 0; hl < u.nh; ++hl) {
             const HeadParams<T> hp(P, u.b, u.h0 + hl, rev);
-            double* e = dt_eff_[slot].data() + hl * u.len;
-            double* a = decay_[slot].data() + hl * u.len;
-            for (int64_t i = 0; i < u.len; ++i) {
-                const double raw = double(hp.dt.at(u.begin + i)) + hp.dt_bias;
-                e[i] = P.dt_softplus ? softplus(raw) : raw;
-                a[i] = std::exp(e[i] * hp.A);
+            double* e = eff_all + hl * stride_;
+            double* a = decay_all + hl * stride_;
+            for (int64_t i = 0; i < u.len; ++i) e[i] = double(hp.dt.at(u.begin + i)) + hp.dt_bias;
+            std::fill(e + u.len, e + stride_, 0.0);
+            for (int64_t i = 0; i < stride_; i += kLanes<double>) {
+                Vec<double> v = vload(e + i);
+                if (P.dt_softplus) v = v > 20.0 ? v : vlog1p(vexp<double>(v));  // as torch's softplus
+                vstore(e + i, v);
+                vstore(a + i, vexp<double>(v * hp.A));
             }
         }
     }
 
-    int64_t len_ = 0;
+    int64_t stride_ = 0;
     bool shared_ = true;
-    std::vector<double> dt_eff_[2], decay_[2];
+    Buffer<double> dt_eff_[2], decay_[2];
 };
 
 // Rows of B and C for one block, gathered once for all heads of a unit that read them.

@@ -1,6 +1,9 @@
-// Vectorised exp and silu over padded rows (scalar libm exp would cost as much as the scan).
+// Vectorised exp, log1p and silu (scalar libm calls would cost as much as the scan).
 // exp: x = n ln2 + r with |r| <= ln2/2, Taylor series of exp(r) to below half an ulp
 // (degree 7 in float, 13 in double), times 2^n built in the exponent bits.
+// log1p (double, y >= 0): u = 1 + y = 2^k m with m in [sqrt(1/2), sqrt(2)),
+// log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| < 0.172 (series to s^23), plus the rounding
+// error of 1 + y, (y - (u - 1)) / u.
 #pragma once
 
 #include <cstdint>
@@ -48,6 +51,26 @@ inline Vec<T> vexp(Vec<T> x) {
     static_assert(sizeof(scale) == sizeof(bits), "lane widths differ");
     __builtin_memcpy(&scale, &bits, sizeof scale);
     return p * scale;
+}
+
+inline Vec<double> vlog1p(Vec<double> y) {
+    typedef int64_t IVec __attribute__((vector_size(kVecBytes)));
+    const Vec<double> u = 1.0 + y;
+    const Vec<double> rounding = (y - (u - 1.0)) / u;
+    IVec bits;
+    __builtin_memcpy(&bits, &u, sizeof bits);
+    IVec k = ((bits >> 52) & 0x7ff) - 1023;
+    const IVec mantissa = (bits & 0x000fffffffffffffLL) | 0x3ff0000000000000LL;
+    Vec<double> m;
+    __builtin_memcpy(&m, &mantissa, sizeof m);
+    const IVec big = m > 1.4142135623730951;  // -1 where true
+    m = big ? m * 0.5 : m;
+    k -= big;
+    const Vec<double> s = (m - 1.0) / (m + 1.0), s2 = s * s;
+    Vec<double> series = Vec<double>{} + 1.0 / 23.0;
+    for (int j = 21; j >= 1; j -= 2) series = series * s2 + 1.0 / j;
+    const Vec<double> kd = __builtin_convertvector(k, Vec<double>);
+    return kd * 0.6931471805599453 + 2.0 * s * series + rounding;
 }
 
 // out[i] = silu(z[i]) and, if dsilu is not null, dsilu[i] = silu'(z[i]); count % kLanes == 0.
