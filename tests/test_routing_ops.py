@@ -303,3 +303,29 @@ def test_empty_inputs(backend):
     none = torch.zeros(0, dtype=torch.long, device=dev)
     out = token_scatter(token_gather(q, none, backend=backend), none, 3, backend=backend)
     assert torch.equal(out, torch.zeros(3, 5, device=dev))
+
+
+@pytest.mark.parametrize("backend", [p for p in backend_params("ema_smooth") if p.values[0] == "cpu"])
+def test_cpu_results_do_not_depend_on_thread_count(backend):
+    """The C++ kernels split work by thread count but reduce in a fixed order: one thread and
+    two threads give the same bits (EMA gradients, segment sums)."""
+    import mmhnet._C as C
+
+    z = torch.randn(300, 200, dtype=torch.float32, requires_grad=True)
+    pc = torch.rand(300, requires_grad=True)
+    cu = torch.tensor([0, 250, 300], dtype=torch.int32)
+    chunk_id = torch.sort(torch.randint(0, 300, (1000,)))[0].to(torch.int32)
+    dout = torch.randn(300, 200)
+    before = C.num_threads()
+    runs = []
+    try:
+        for threads in (1, 2):
+            C.set_num_threads(threads)
+            e = ema_smooth(z, pc, cu, True, backend=backend)
+            grads = torch.autograd.grad(e, (z, pc), dout)
+            s = token_scatter(dout, chunk_id[:300], 300, backend=backend)
+            runs.append((e, *grads, s))
+    finally:
+        C.set_num_threads(before)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)

@@ -4,8 +4,9 @@
 // Backward (de = dout, or de = dr = dout / 2 when bidirectional):
 //   G_c = de_c + a_{c+1} G_{c+1},  H_c = dr_c + a_{c-1} H_{c-1}
 //   dz_c = p_c (G_c + H_c),  dp_c = sum_d G_c (z_c - e_{c-1}) + H_c (z_c - r_{c+1})
-// One task per (sequence, block of columns) walks its chunks in order; dp is reduced over the
-// column blocks in a fixed order afterwards, so results do not depend on the thread count.
+// One task per (sequence, group of columns) walks its chunks in order; dp is summed per block of
+// 64 columns and then over the blocks in a fixed order, so results do not depend on the thread
+// count.
 #include <algorithm>
 #include <memory>
 #include <type_traits>
@@ -18,7 +19,22 @@ namespace mmhnet {
 namespace routing {
 namespace {
 
+// dp is summed per block of kColumnBlock columns, then over the blocks in order.
 constexpr int64_t kColumnBlock = 64;
+
+// Columns per task, a multiple of kColumnBlock: whole rows when there are enough sequences to
+// keep every thread busy (a task then streams through contiguous rows), else rows split so that
+// there are about two tasks per thread.
+int64_t task_columns(int64_t dim, int64_t nseq) {
+#ifdef _OPENMP
+    const int64_t threads = omp_get_max_threads();
+#else
+    const int64_t threads = 1;
+#endif
+    const int64_t blocks = (dim + kColumnBlock - 1) / kColumnBlock;
+    const int64_t splits = std::min(blocks, std::max<int64_t>(1, (2 * threads + nseq - 1) / nseq));
+    return (blocks + splits - 1) / splits * kColumnBlock;
+}
 
 // A (C, D) compute-type buffer: `reuse` itself when the storage type is the compute type (the
 // caller's output, about to be overwritten), else uninitialised scratch held in `holder`.
@@ -38,34 +54,38 @@ template <class T, bool bidirectional>
 void forward(const T* z, const compute_t<T>* p, const int32_t* cu, int64_t nseq,
              int64_t num_chunks, int64_t dim, T* out) {
     using C = compute_t<T>;
-    const int64_t col_blocks = (dim + kColumnBlock - 1) / kColumnBlock;
+    const int64_t width = task_columns(dim, nseq);
+    const int64_t col_tasks = (dim + width - 1) / width;
     // the forward sweep's e, read back (and overwritten in place) by the reverse sweep
     std::unique_ptr<C[]> holder;
     C* e_all = bidirectional ? scratch_or(out, num_chunks * dim, holder) : nullptr;
 #pragma omp parallel for collapse(2) schedule(dynamic) if (num_chunks * dim >= kMinParallelWork)
     for (int64_t s = 0; s < nseq; ++s) {
-        for (int64_t cb = 0; cb < col_blocks; ++cb) {
-            const int64_t d0 = cb * kColumnBlock, w = std::min(dim, d0 + kColumnBlock) - d0;
-            C state[kColumnBlock] = {};
+        for (int64_t ct = 0; ct < col_tasks; ++ct) {
+            const int64_t d0 = ct * width, w = std::min(dim, d0 + width) - d0;
+            std::vector<C> state(static_cast<size_t>(w), C(0));
+            C* st = state.data();
             for (int64_t c = cu[s]; c < cu[s + 1]; ++c) {
                 const T* zc = z + c * dim + d0;
+                const C pc = p[c];
 #pragma omp simd
                 for (int64_t d = 0; d < w; ++d) {
-                    state[d] = p[c] * load(zc, d) + (1 - p[c]) * state[d];
+                    st[d] = pc * load(zc, d) + (1 - pc) * st[d];
                     if constexpr (bidirectional)
-                        e_all[c * dim + d0 + d] = state[d];
+                        e_all[c * dim + d0 + d] = st[d];
                     else
-                        store(out + c * dim + d0, d, state[d]);
+                        store(out + c * dim + d0, d, st[d]);
                 }
             }
             if constexpr (!bidirectional) continue;
-            std::fill(state, state + kColumnBlock, C(0));
+            std::fill(state.begin(), state.end(), C(0));
             for (int64_t c = cu[s + 1] - 1; c >= cu[s]; --c) {
                 const T* zc = z + c * dim + d0;
+                const C pc = p[c];
 #pragma omp simd
                 for (int64_t d = 0; d < w; ++d) {
-                    state[d] = p[c] * load(zc, d) + (1 - p[c]) * state[d];
-                    store(out + c * dim + d0, d, (e_all[c * dim + d0 + d] + state[d]) / 2);
+                    st[d] = pc * load(zc, d) + (1 - pc) * st[d];
+                    store(out + c * dim + d0, d, (e_all[c * dim + d0 + d] + st[d]) / 2);
                 }
             }
         }
@@ -76,6 +96,8 @@ template <class T, bool bidirectional>
 void backward(const T* dout, const T* z, const compute_t<T>* p, const int32_t* cu, int64_t nseq,
               int64_t num_chunks, int64_t dim, T* dz, compute_t<T>* dp) {
     using C = compute_t<T>;
+    const int64_t width = task_columns(dim, nseq);
+    const int64_t col_tasks = (dim + width - 1) / width;
     const int64_t col_blocks = (dim + kColumnBlock - 1) / kColumnBlock;
     constexpr C scale = bidirectional ? C(0.5) : C(1);
     // e_{c-1}, and H_c kept where dz will go (read just before dz overwrites it)
@@ -87,44 +109,52 @@ void backward(const T* dout, const T* z, const compute_t<T>* p, const int32_t* c
     std::vector<C> dp_part(static_cast<size_t>(col_blocks * num_chunks), C(0));
 #pragma omp parallel for collapse(2) schedule(dynamic) if (num_chunks * dim >= kMinParallelWork)
     for (int64_t s = 0; s < nseq; ++s) {
-        for (int64_t cb = 0; cb < col_blocks; ++cb) {
-            const int64_t d0 = cb * kColumnBlock, w = std::min(dim, d0 + kColumnBlock) - d0;
+        for (int64_t ct = 0; ct < col_tasks; ++ct) {
+            const int64_t d0 = ct * width, w = std::min(dim, d0 + width) - d0;
             const int64_t first = cu[s], end = cu[s + 1];
-            C e[kColumnBlock] = {}, h[kColumnBlock] = {};
+            std::vector<C> buffers(static_cast<size_t>(4 * w), C(0));
+            C* e = buffers.data();  // e_{c-1} entering chunk c, then G, r_{c+1}, H
+            C* g = e + w;
+            C* r = g + w;
+            C* h = r + w;
             // left to right: e_{c-1}, and H_c
             for (int64_t c = first; c < end; ++c) {
+                const C pc = p[c];
                 const C a_prev = c > first ? 1 - p[c - 1] : C(0);
+                const int64_t row = c * dim + d0;
 #pragma omp simd
                 for (int64_t d = 0; d < w; ++d) {
-                    const int64_t i = c * dim + d0 + d;
-                    e_prev[i] = e[d];
-                    e[d] = p[c] * load(z, i) + (1 - p[c]) * e[d];
+                    e_prev[row + d] = e[d];
+                    e[d] = pc * load(z, row + d) + (1 - pc) * e[d];
                     if constexpr (bidirectional) {
-                        h[d] = scale * load(dout, i) + a_prev * h[d];
-                        h_all[i] = h[d];
+                        h[d] = scale * load(dout, row + d) + a_prev * h[d];
+                        h_all[row + d] = h[d];
                     }
                 }
             }
-            // right to left: G_c and r_{c+1}, then dz and this block's part of dp
-            C g[kColumnBlock] = {}, r[kColumnBlock] = {};
+            // right to left: G_c and r_{c+1}, then dz and dp's part of each column block
             for (int64_t c = end - 1; c >= first; --c) {
+                const C pc = p[c];
                 const C a_next = c + 1 < end ? 1 - p[c + 1] : C(0);
-                C part = 0;
+                const int64_t row = c * dim + d0;
+                for (int64_t b0 = 0; b0 < w; b0 += kColumnBlock) {
+                    const int64_t b1 = std::min(w, b0 + kColumnBlock);
+                    C part = 0;
 #pragma omp simd reduction(+ : part)
-                for (int64_t d = 0; d < w; ++d) {
-                    const int64_t i = c * dim + d0 + d;
-                    const C zc = load(z, i);
-                    g[d] = scale * load(dout, i) + a_next * g[d];
-                    C total = g[d];
-                    part += g[d] * (zc - e_prev[i]);
-                    if constexpr (bidirectional) {
-                        total += h_all[i];
-                        part += h_all[i] * (zc - r[d]);
-                        r[d] = p[c] * zc + (1 - p[c]) * r[d];
+                    for (int64_t d = b0; d < b1; ++d) {
+                        const C zc = load(z, row + d);
+                        g[d] = scale * load(dout, row + d) + a_next * g[d];
+                        C total = g[d];
+                        part += g[d] * (zc - e_prev[row + d]);
+                        if constexpr (bidirectional) {
+                            total += h_all[row + d];
+                            part += h_all[row + d] * (zc - r[d]);
+                            r[d] = pc * zc + (1 - pc) * r[d];
+                        }
+                        store(dz, row + d, pc * total);
                     }
-                    store(dz, i, p[c] * total);
+                    dp_part[((d0 + b0) / kColumnBlock) * num_chunks + c] = part;
                 }
-                dp_part[cb * num_chunks + c] = part;
             }
         }
     }
