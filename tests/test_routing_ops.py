@@ -4,7 +4,7 @@ gradient (with a random upstream gradient), on the cases of routing_cases.CASES.
 import pytest
 import torch
 
-from helpers import TOL, assert_close_rel
+from helpers import TOL, assert_close_rel, random_cu_seqlens
 from mmhnet.ops import (chunk_gather, chunk_scatter, ema_smooth, ratio_loss, route_boundaries,
                         token_gather, token_scatter)
 from mmhnet.ops import reference as ref
@@ -329,3 +329,33 @@ def test_cpu_results_do_not_depend_on_thread_count(backend):
         C.set_num_threads(before)
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", backend_params("chunk_gather"))
+def test_sequences_longer_than_kernel_blocks(backend):
+    """Sequences that span several kernel tiles: the EMA carries its state from tile to tile
+    (tiles of 32 chunks), the compaction its count from block to block (blocks of 1024)."""
+    dev = backend_device(backend)
+    lengths = [70, 3, 45]
+    cu = random_cu_seqlens(lengths)
+    z = torch.randn(sum(lengths), 5, dtype=torch.float64)
+    pc = torch.rand(sum(lengths), dtype=torch.float64).clamp(1e-4, 1 - 1e-4)
+    zr, pr = _leaf(z), _leaf(pc)
+    out_ref = ref.ema_smooth_reference(zr, pr, cu, True)
+    dout = torch.randn_like(out_ref)
+    grads_ref = _grads(out_ref, (zr, pr), dout)
+    zb, pb = _leaf(z, torch.float32, dev), _leaf(pc, torch.float32, dev)
+    out = ema_smooth(zb, pb, cu.to(dev), True, backend=None if backend == "cuda" else backend)
+    grads = _grads(out, (zb, pb), dout.to(device=dev, dtype=torch.float32))
+    assert_close_rel(out.cpu(), out_ref, TOL[torch.float32], "ema out")
+    for name, g, g_ref in zip(("dz", "dp"), grads, grads_ref):
+        assert_close_rel(g.cpu(), g_ref, TOL[torch.float32], name)
+
+    mask = torch.rand(2500) < 0.3
+    cu_tokens = random_cu_seqlens([1200, 1300])
+    mask[[0, 1200]] = True
+    x = torch.randn(2500, 3)
+    xc, ccu, cid = chunk_gather(x.to(dev), mask.to(dev), cu_tokens.to(dev), backend=backend)
+    xc_ref, ccu_ref, cid_ref = ref.chunk_gather_reference(x, mask, cu_tokens)
+    assert torch.equal(xc.cpu(), xc_ref) and torch.equal(ccu.cpu(), ccu_ref)
+    assert torch.equal(cid.cpu(), cid_ref)
