@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <new>
 #include <vector>
 
@@ -114,18 +115,27 @@ struct Unit {
     int64_t begin, len;
 };
 
+// Units: about two per thread (for balance), and few enough heads per unit that its scratch
+// (bytes_per_head_token per head and token of the longest sequence) stays under kUnitScratch.
 class UnitPlan {
   public:
-    UnitPlan(const ScanParams& P, int threads) : P_(P) {
+    static constexpr int64_t kUnitScratch = int64_t(64) << 20;
+
+    UnitPlan(const ScanParams& P, int threads, int64_t bytes_per_head_token) : P_(P) {
         const int64_t rows = P.batch * P.nseq;
+        int64_t longest = P.seqlen;
+        if (P.cu_seqlens) {
+            longest = 0;
+            for (int64_t s = 0; s < P.nseq; ++s) longest = std::max<int64_t>(longest, P.cu_seqlens[s + 1] - P.cu_seqlens[s]);
+        }
+        const int64_t fit = std::max<int64_t>(1, kUnitScratch / std::max<int64_t>(1, longest * bytes_per_head_token));
         const int64_t want = std::max<int64_t>(1, (2 * threads + rows - 1) / rows);  // units per row
-        const int64_t per_row = std::min<int64_t>(P.nheads, want);
+        const int64_t per_row = std::max(std::min<int64_t>(P.nheads, want), (P.nheads + fit - 1) / fit);
         heads_ = (P.nheads + per_row - 1) / per_row;
         per_row_ = (P.nheads + heads_ - 1) / heads_;
     }
 
     int64_t size() const { return P_.batch * P_.nseq * per_row_; }
-    int64_t max_heads() const { return heads_; }
 
     Unit unit(int64_t id) const {
         Unit u;
@@ -176,6 +186,8 @@ struct Order {
 
 // dt' and the decay exp(dt' A) per head and token (time order), for each direction; computed
 // once when both directions share dt and A, with vectorised softplus and exp.
+constexpr int64_t kScheduleBytes = 4 * sizeof(double);  // per head and token: dt', decay, 2 slots
+
 class UnitSchedule {
   public:
     template <typename T>
@@ -216,6 +228,23 @@ class UnitSchedule {
     bool shared_ = true;
     Buffer<double> dt_eff_[2], decay_[2];
 };
+
+// Runs body(i) for i in [0, n) over the OpenMP threads, dynamically scheduled. The first
+// exception thrown by a body is rethrown here, after the loop (none escapes the parallel region).
+template <typename Body>
+void parallel_for(int64_t n, Body body) {
+    std::exception_ptr error;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t i = 0; i < n; ++i) {
+        try {
+            body(i);
+        } catch (...) {
+#pragma omp critical(mmhnet_scan_error)
+            if (!error) error = std::current_exception();
+        }
+    }
+    if (error) std::rethrow_exception(error);
+}
 
 // Rows of B and C for one block, gathered once for all heads of a unit that read them.
 template <typename T>

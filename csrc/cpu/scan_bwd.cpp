@@ -309,18 +309,19 @@ void backward_unit(const ScanParams& P, const Unit& u) {
 }
 
 template <typename T>
-void backward_all(const ScanParams& P, const UnitPlan& plan) {
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t id = 0; id < plan.size(); ++id) backward_unit<T>(P, plan.unit(id));
+void backward_all(const ScanParams& P, int threads) {
+    // per head and token: the schedule, dlog and xgu, and gyp when gated
+    const int64_t bytes = kScheduleBytes + 2 * sizeof(double) + (P.z.present() ? padded(P.headdim) * sizeof(T) : 0);
+    const UnitPlan plan(P, threads, bytes);
+    parallel_for(plan.size(), [&](int64_t id) { backward_unit<T>(P, plan.unit(id)); });
 }
 
 }  // namespace
 
 void scan_backward(const ScanParams& P, int threads) {
-    const UnitPlan plan(P, threads);
     switch (P.dtype) {
-        case ScanDtype::kFloat32: backward_all<float>(P, plan); break;
-        case ScanDtype::kFloat64: backward_all<double>(P, plan); break;
+        case ScanDtype::kFloat32: backward_all<float>(P, threads); break;
+        case ScanDtype::kFloat64: backward_all<double>(P, threads); break;
         default: throw std::invalid_argument("cpu scan: dtype must be float32 or float64");
     }
 }

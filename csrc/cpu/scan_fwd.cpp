@@ -134,12 +134,12 @@ void forward_direction(const ScanParams& P, const Unit& u, const ScanTensor& out
 }
 
 template <typename T>
-void forward_all(const ScanParams& P, const UnitPlan& plan) {
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t id = 0; id < plan.size(); ++id) {
+void forward_all(const ScanParams& P, int threads) {
+    const UnitPlan plan(P, threads, kScheduleBytes);
+    parallel_for(plan.size(), [&](int64_t id) {
         const Unit u = plan.unit(id);
         if (u.len > 0) forward_unit<T>(P, u, P.y, true);
-    }
+    });
 }
 
 }  // namespace
@@ -158,10 +158,9 @@ template void forward_unit<float>(const ScanParams&, const Unit&, const ScanTens
 template void forward_unit<double>(const ScanParams&, const Unit&, const ScanTensor&, bool);
 
 void scan_forward(const ScanParams& P, int threads) {
-    const UnitPlan plan(P, threads);
     switch (P.dtype) {
-        case ScanDtype::kFloat32: forward_all<float>(P, plan); break;
-        case ScanDtype::kFloat64: forward_all<double>(P, plan); break;
+        case ScanDtype::kFloat32: forward_all<float>(P, threads); break;
+        case ScanDtype::kFloat64: forward_all<double>(P, threads); break;
         default: throw std::invalid_argument("cpu scan: dtype must be float32 or float64");
     }
 }
