@@ -17,7 +17,7 @@ import torch
 
 from .common import machine_description, today
 
-SECTIONS = ["scan", "scan_cpu", "layers", "routing"]
+SECTIONS = ["scan", "scan_cpu", "layers", "routing", "profile"]
 
 
 def main(argv=None):

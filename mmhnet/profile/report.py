@@ -27,7 +27,7 @@ def table_rows(records):
         if r.measured:
             peak = _mib(r.peak_bytes)
             per_token = f"{r.activation_bytes / r.tokens / r.batch / 1024:.1f}"
-            note = f"est. {_mib(r.estimated_peak_bytes)}"
+            note = f"est. {_mib(r.estimated_peak_bytes)}" if r.estimated_peak_bytes else ""
         else:
             peak = f"~{_mib(r.estimated_peak_bytes)}" if r.estimated_peak_bytes else "-"
             per_token, note = "-", r.message.split(":")[0] if r.message else r.status

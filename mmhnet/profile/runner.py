@@ -19,6 +19,9 @@ from dataclasses import asdict
 
 import torch
 
+from mmhnet.model.config import get_config
+from mmhnet.model.features import frame_counts
+
 from .estimate import LinearMemoryModel, PowerLawTime
 from .meter import MALLOC_ENV
 from .records import ProfileRecord
@@ -92,9 +95,6 @@ def profile(config="S", seconds=(8, 30, 60, 120, 300), modes=("sample_step",),
     point may hold at its peak (default: 90% of what is available); time_budget: seconds for the
     whole sweep, or None; on_record(record) is called as each record is ready.
     """
-    from mmhnet.model.config import get_config
-    from mmhnet.model.features import frame_counts
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg = get_config(config)
     started = time.perf_counter()
