@@ -1,6 +1,6 @@
 // The one inner loop of every CPU scan pass (scan_params.h): a register-tiled rank-1 scan
 //     S_k = m_k S_{k-1} + v_k (x) b_k,     out_k[i] = sum_j c_k[j] S_k[i][j]
-// over a block of steps. The passes keep their state in "rescaled" form (cpu_scan_common.h), so
+// over a block of steps. The passes keep their state in "rescaled" form (cpu_scan_schedule.h), so
 // the decay is folded into v, c and the output scale and appears here only as the rare
 // multiplier m_k != 1; a step costs two FMAs per state element.
 //

@@ -1,9 +1,13 @@
 // Entry points of the CPU selective scans (csrc/cpu/scan_fwd.cpp, scan_bwd.cpp).
-// Units of work (cpu_scan_common.h) are spread over OpenMP threads; each unit writes its own
+// Units of work (cpu_scan_units.h) are spread over OpenMP threads; each unit writes its own
 // outputs, so results do not depend on the number of threads.
 #pragma once
 
-#include "cpu_scan_common.h"
+#include "cpu_prefetch.h"
+#include "cpu_scan_operands.h"
+#include "cpu_scan_schedule.h"
+#include "cpu_scan_units.h"
+#include "cpu_scratch.h"
 #include "scan_params.h"
 
 namespace mmhnet {

@@ -1,6 +1,6 @@
 // Forward of the fused (bi)directional selective scan on CPU (maths: scan_params.h).
 //
-// One unit = some adjacent heads of one sequence (cpu_scan_common.h). Both directions run
+// One unit = some adjacent heads of one sequence (cpu_scan_units.h). Both directions run
 // inside the unit, one after the other (their recurrences go opposite ways), with dt' and the
 // decays computed once for both and the B/C rows of a block gathered once for all heads. The
 // first of two directions writes its raw output into y; the last adds its own, D x and the
