@@ -30,6 +30,19 @@
 //     gradients, summed over the heads of a group in Python (they ARE dB/dC when
 //     ngroups == nheads). A reverse-direction gradient whose parameter is shared with the
 //     forward direction is accumulated into the forward one.
+//
+// Implementations.
+// CPU (csrc/cpu, cpu_*.h): OpenMP over units of adjacent heads of one sequence, which advance
+// in blocks of 64 steps together (a token's rows of all their heads are adjacent in memory);
+// both directions run inside a unit, sharing dt', the decays and the gathered B/C rows. The
+// rank-1 scan keeps a 16-column tile of the state in vector registers across the steps of a
+// block and stores the state divided by the running decay (cpu_scan_schedule.h), two FMAs per
+// state element and step; each block prefetches the rows of the next one, spread over its
+// steps. Results are bitwise independent of the thread count.
+// CUDA (csrc/cuda): one block per (task, direction), one thread per state row i holding its J
+// entries in registers (J <= 256), the b/c rows staged in shared memory; the forward runs both
+// directions in one launch into ws_yhat, then one elementwise kernel writes y. The backward
+// runs the passes direction by direction, then a per-task sweep for ddt/dA. Deterministic.
 #pragma once
 
 #include <cstdint>

@@ -9,13 +9,15 @@ Design (details and maths: csrc/scan_params.h):
   (slices of a projection output need no copy); outputs are allocated here with
   ``mmhnet._alloc.empty`` (NaN-poisoned under the test suite).
 * Every pass, forward and backward, is one "rank-1 scan" over a P x N state per head. The CPU
-  kernel keeps a 16 x 16 tile of the state in vector registers across timesteps and stores the
-  state divided by the running decay, so a step costs two FMAs per state element; OpenMP runs
-  one task per (batch row, sequence, head), both directions inside the task, over inputs that
-  stay in cache. The backward recomputes (it stores no states): three scans per direction give
-  dC, dB and dx, and the decay gradient follows from dB and dC by a reverse cumulative sum.
-* Results do not depend on the thread count: each task writes its own outputs, and the few
-  cross-task sums (dA, dD, dt_bias, dB/dC over the heads of a group) are reduced here by torch.
+  kernel keeps a tile of 16 state columns in vector registers across the steps of a block and
+  stores the state divided by the running decay, so a step costs two FMAs per state element.
+  OpenMP runs units of adjacent heads of one sequence block by block (page-friendly rows of
+  (b, l, h, p) tensors, B/C rows and decays shared by the heads and both directions), both
+  directions inside a unit. The backward stores no states, it recomputes: three scans per
+  direction give dC, dB and dx, and the decay gradient follows from dB and dC by a reverse
+  cumulative sum. The CUDA kernels run the same passes, one thread per state row.
+* Results do not depend on the thread count: each unit writes its own outputs, and the few
+  cross-unit sums (dA, dD, dt_bias, dB/dC over the heads of a group) are reduced here by torch.
 * Dtypes: compute is float32 (float64 for float64 inputs). The CPU kernels take float32 and
   float64, so float16/bfloat16 inputs are upcast here and the outputs cast back; the CUDA
   kernels read float32, float16, bfloat16 and float64 directly.
