@@ -43,6 +43,17 @@ def test_opcheck(backend):
             (mm.ema_smooth, (_grad(a["z"]), _grad(a["pc"]), None, False, backend)),
             (mm.ratio_loss, (a["mask"], _grad(a["p"]), 4.0, backend)),
         ]
+    # the backward ops (no autograd of their own)
+    dz = torch.randn(a["x"].shape[0], a["z"].shape[1], device=a["z"].device)
+    backward_cases = [
+        (mm.route_boundaries_bwd, (a["p"], a["q"], a["k"], a["cu"], backend)),
+        (mm.chunk_scatter_bwd, (dz, a["z"], a["chunk_id"], a["p"], a["mask"], backend)),
+    ]
+    if backend != "cuda":
+        backward_cases.append((mm.ema_smooth_bwd, (a["z"], a["z"], a["pc"], a["chunk_cu"], True,
+                                                   backend)))
+    for op, args in backward_cases:
+        opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
     for op, args in cases:
         # data-dependent output size: the AOT tests trace without a shape environment, which
         # cannot hold the unbacked size (test_compile_chunk_gather covers tracing it)
