@@ -29,8 +29,7 @@ def _check_indices(name, index, size, what):
     """Host-side check (one sync on GPU) that every index lies in [0, size)."""
     if index.numel() == 0:
         return
-    lo, hi = torch.aminmax(index)
-    lo, hi = int(lo), int(hi)
+    lo, hi = torch.stack(torch.aminmax(index)).tolist()  # one transfer
     if lo < 0 or hi >= size:
         bad = lo if lo < 0 else hi
         raise IndexError(f"{name} holds {bad}, outside [0, {size}) ({what})")
