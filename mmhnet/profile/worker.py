@@ -20,10 +20,11 @@ from .meter import make_meter
 from .records import ProfileRecord
 from .workloads import Workload, WorkloadSpec, input_bytes
 
-__all__ = ["PROBE_SECONDS", "LIMIT_FRACTION", "profile_point", "measure_run"]
+__all__ = ["PROBE_SECONDS", "LIMIT_FRACTION", "ESTIMATE_MARGIN", "profile_point", "measure_run"]
 
 PROBE_SECONDS = (4.0, 8.0)
 LIMIT_FRACTION = 0.9   # default limit: this share of the memory available when the point starts
+ESTIMATE_MARGIN = 1.25  # a point is refused when held + this x the predicted run exceeds the limit
 
 
 def measure_run(meter, workload, seconds):
@@ -57,9 +58,10 @@ def _memory_model(meter, workload, tokens, probe_seconds, memory_model):
 def _refusal(record, fit, fit_source, limit_source):
     return (f"refused: {record.model} {record.mode} at {record.seconds:g} s ({record.tokens} audio "
             f"frames, batch {record.batch}) would need about "
-            f"{format_bytes(record.estimated_peak_bytes)} (estimate: what the process holds, "
-            f"plus {fit.describe()} {fit_source}), more than the "
-            f"{format_bytes(record.memory_limit_bytes)} {limit_source}. Use a shorter duration"
+            f"{format_bytes(record.estimated_peak_bytes)} (what the process holds, plus "
+            f"{fit.describe()} {fit_source}); with a {ESTIMATE_MARGIN - 1:.0%} margin on the "
+            f"run's part that is more than the {format_bytes(record.memory_limit_bytes)} "
+            f"{limit_source}. Use a shorter duration"
             + ("" if record.checkpointing or record.mode != "train_step" else ", --checkpointing")
             + " or a machine with more memory.")
 
@@ -96,9 +98,10 @@ def profile_point(spec: WorkloadSpec, memory_limit=None, probe_seconds=PROBE_SEC
         else:
             limit, limit_source = memory_limit, "allowed by the memory limit"
         record.fit_fixed_bytes, record.fit_bytes_per_token = fit.fixed, fit.per_token
-        record.estimated_peak_bytes = int(held - runtime + fit.predict(record.tokens))
+        predicted = fit.predict(record.tokens)
+        record.estimated_peak_bytes = int(held - runtime + predicted)
         record.memory_limit_bytes = int(limit - runtime)
-        if record.estimated_peak_bytes > record.memory_limit_bytes:
+        if held - runtime + ESTIMATE_MARGIN * predicted > record.memory_limit_bytes:
             record.status = "refused"
             record.message = _refusal(record, fit, fit_source, limit_source)
             return record
