@@ -30,7 +30,11 @@ def plot_memory(records, path, title=None, memory_limit_bytes=None):
     if memory_limit_bytes is None:
         limits = [r.memory_limit_bytes for r in records if r.memory_limit_bytes]
         memory_limit_bytes = min(limits) if limits else None
+    from matplotlib.ticker import FuncFormatter
+
     fig, ax = plt.subplots(figsize=(7.5, 5))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
     series = {}
     for r in records:
         series.setdefault((r.model, r.mode, r.checkpointing), []).append(r)
@@ -48,10 +52,14 @@ def plot_memory(records, path, title=None, memory_limit_bytes=None):
                     label=None if measured else label + " (estimate)", **style)
     if memory_limit_bytes:
         ax.axhline(memory_limit_bytes / 2**30, color="black", linewidth=0.8, linestyle="--")
-        ax.text(ax.get_xlim()[0], memory_limit_bytes / 2**30, " memory limit (points above it are "
-                "refused)", va="bottom", fontsize=8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+        ax.text(0.01, memory_limit_bytes / 2**30, "memory limit: points above it are refused",
+                transform=ax.get_yaxis_transform(), va="bottom", fontsize=8)
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    some = FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "235" else "")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(some)
+    ax.tick_params(which="minor", labelsize=7)
     ax.set_xlabel("clip duration (s)")
     ax.set_ylabel("peak memory (GiB)")
     ax.set_title(title or "Peak memory against duration")
