@@ -69,3 +69,17 @@ def test_plot_writes_a_png(tmp_path):
     records.append(_record("baseline", 300, 0, status="refused", estimated_peak_bytes=2**35))
     path = plot_memory(records, tmp_path / "p.png", memory_limit_bytes=2**34)
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path
+
+
+def test_unrun_points_are_estimated_from_the_measured_series():
+    from mmhnet.profile.runner import _series_model
+
+    assert _series_model([]) is None
+    one = _record("mmhnet", 8, 3000, held_bytes=1000)
+    assert _series_model([(one, 1.0)]).predict(2 * one.tokens) == pytest.approx(4000)
+    one.fit_bytes_per_token = 1.0
+    assert _series_model([(one, 1.0)]).predict(one.tokens + 10) == pytest.approx(2010)
+    two = _record("mmhnet", 16, 5000, held_bytes=1000)
+    model = _series_model([(one, 1.0), (two, 1.0)])
+    assert model.predict(one.tokens) == pytest.approx(2000)
+    assert model.predict(two.tokens) == pytest.approx(4000)

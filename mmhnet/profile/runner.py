@@ -57,16 +57,18 @@ def run_point(spec: WorkloadSpec, memory_limit=None, probe_seconds=PROBE_SECONDS
 
 def _series_model(series):
     """LinearMemoryModel of the bytes a run adds, from the measured (record, wall) pairs of a
-    series: through its two longest runs, or through its only run with the slope fitted in
-    that run's process; None when nothing fits."""
+    series: through its two longest runs; with one run, its slope fitted in that run's process,
+    else proportional to tokens; None without runs."""
     runs = [r for r, _ in series]
     if len(runs) >= 2:
         return LinearMemoryModel.fit([(r.tokens, r.peak_bytes - r.held_bytes) for r in runs[-2:]])
-    if runs and runs[-1].fit_bytes_per_token is not None:
-        r = runs[-1]
-        return LinearMemoryModel(r.peak_bytes - r.held_bytes - r.fit_bytes_per_token * r.tokens,
-                                 r.fit_bytes_per_token)
-    return None
+    if not runs:
+        return None
+    r = runs[-1]
+    added = r.peak_bytes - r.held_bytes
+    if r.fit_bytes_per_token is None:
+        return LinearMemoryModel(0.0, added / r.tokens)
+    return LinearMemoryModel(added - r.fit_bytes_per_token * r.tokens, r.fit_bytes_per_token)
 
 
 def _unrun(spec, tokens, series, status, message):
