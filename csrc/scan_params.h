@@ -97,7 +97,8 @@ struct ScanParams {
     // CUDA scratch, compute dtype, contiguous, allocated by the caller (1-D, flat):
     // ws_yhat (ndirs, b, l, h, p) per-direction outputs (forward, and the backward with z);
     // ws_gyp (b, l, h, p) the output gradient before the combination; ws_dx (b, l, h, p) dx
-    // accumulated in the compute dtype (half storage only); ws_dlog, ws_xgu (ndirs, b, l, h).
+    // accumulated in the compute dtype (half storage only); ws_dlog, ws_xgu (ndirs, b, l, h),
+    // ws_dlog zeroed when dstate is 0.
     ScanTensor ws_yhat, ws_gyp, ws_dx, ws_dlog, ws_xgu;
 
     MMHNET_HOST_DEVICE int64_t group_of(int64_t head) const { return head / (nheads / ngroups); }

@@ -93,9 +93,10 @@ def test_lengths_and_groups_float32(seqlen, ngroups, mode):
     _check("bi_selective_scan", args, dtype=torch.float32, mode=mode)
 
 
-@pytest.mark.parametrize("headdim,dstate", [(5, 3), (17, 33), (64, 64)])
+@pytest.mark.parametrize("headdim,dstate", [(5, 3), (17, 33), (64, 64), (1, 1), (8, 0)])
 def test_unpadded_sizes_float64(headdim, dstate):
-    """headdim and dstate that are not multiples of the vector width (and one that is)."""
+    """headdim and dstate that are not multiples of the vector width (and one that is, and an
+    empty state)."""
     args, _ = _inputs(19, 2, headdim, 1, dstate, D="hp", z=True)
     _check("bi_selective_scan", args, mode="quasiseparable")
 

@@ -164,6 +164,7 @@ template <typename S, typename C>
 void launch_typed(const ScanParams& P, Rank1Pass pass, int dir0, int ndirs, cudaStream_t stream) {
     const bool lanes_p = pass == Rank1Pass::kForwardOut || pass == Rank1Pass::kGradInput;
     const int64_t I = lanes_p ? P.headdim : P.dstate, J = lanes_p ? P.dstate : P.headdim;
+    if (I == 0) return;  // dstate 0: no dB/dC, and ws_dlog stays zero
     const dim3 grid(static_cast<unsigned>(P.ntasks()), static_cast<unsigned>(ndirs));
     const dim3 block(static_cast<unsigned>((I + 31) / 32 * 32));
     if (J <= 32) {

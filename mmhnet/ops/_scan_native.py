@@ -93,10 +93,12 @@ class _Call:
         b, l, h, p = a.x.shape
         self.nseq = 1 if a.cu_seqlens is None else a.cu_seqlens.numel() - 1
         self.sizes = (b, l, h, p, a.B.shape[2], a.B.shape[3], self.nseq)
-        self.tensors = {name: _ref(t) for name, t in self.inputs.items()}
+        self._placeholder = None
+        self.tensors = {}
+        self.add(self.inputs)
         if a.cu_seqlens is not None:
             self.cu_seqlens = a.cu_seqlens.to(torch.int32).contiguous()
-            self.tensors["cu_seqlens"] = _ref(self.cu_seqlens)
+            self.add({"cu_seqlens": self.cu_seqlens})
         self.flags = (bool(a.dt_softplus), int(a.directions), bool(a.quasi))
         self.scratch = []
         self.ndirs = 2 if a.directions == BOTH else 1
@@ -105,11 +107,22 @@ class _Call:
     def empty(self, shape, dtype=None):
         return _alloc.empty(tuple(shape), dtype or self.cd, self.inputs["x"].device)
 
-    def workspace(self, name, numel):
+    def workspace(self, name, numel, zeroed=False):
         """CUDA scratch (flat, compute dtype), kept alive by this call object."""
-        t = torch.empty(numel, dtype=self.cd, device=self.inputs["x"].device)
+        t = (torch.zeros if zeroed else torch.empty)(numel, dtype=self.cd, device=self.inputs["x"].device)
         self.scratch.append(t)
-        self.tensors[name] = _ref(t)
+        self.add({name: t})
+
+    def add(self, tensors):
+        """Pass tensors to the kernel as (data_ptr, strides). An empty tensor (dstate 0) may have
+        no storage; the kernels never read it, but it must not look absent."""
+        for name, t in tensors.items():
+            ptr = t.data_ptr()
+            if t.numel() == 0:
+                if self._placeholder is None:
+                    self._placeholder = torch.empty(1, device=t.device)
+                ptr = self._placeholder.data_ptr()
+            self.tensors[name] = (ptr, tuple(t.stride()))
 
     def run(self, fn_name):
         fn = getattr(_module(self.backend), fn_name)
@@ -123,10 +136,6 @@ class _Call:
             fn(dtype, self.sizes, self.tensors, *self.flags)
 
 
-def _ref(t):
-    return (t.data_ptr(), tuple(t.stride()))
-
-
 def forward(a):
     """y of the scan (ScanArgs -> tensor like x)."""
     backend = _backend_of(a.x)
@@ -134,7 +143,7 @@ def forward(a):
     a, _ = _canonical(a)
     call = _Call(a, backend)
     y = call.empty(a.x.shape, call.store)
-    call.tensors["y"] = _ref(y)
+    call.add({"y": y})
     if backend == "cuda":
         call.workspace("ws_yhat", call.ndirs * call.numel)
     call.run("bi_scan_fwd")
@@ -168,13 +177,12 @@ def backward(dy, a):
                               ("C_rev", "dC_rev_heads", (b, l, h, n))):
         if getattr(a, name) is not None:
             out[grad] = call.empty(shape)
-    call.tensors["dy"] = _ref(dy)
-    call.tensors.update({name: _ref(t) for name, t in out.items()})
+    call.add(dict(out, dy=dy))
     if backend == "cuda":
         if a.z is not None:
             call.workspace("ws_yhat", call.ndirs * call.numel)
         call.workspace("ws_gyp", call.numel)
-        call.workspace("ws_dlog", call.ndirs * b * l * h)
+        call.workspace("ws_dlog", call.ndirs * b * l * h, zeroed=n == 0)
         call.workspace("ws_xgu", call.ndirs * b * l * h)
         if call.store != call.cd:
             call.workspace("ws_dx", call.numel)
