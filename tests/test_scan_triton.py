@@ -115,3 +115,12 @@ def test_large_gpu(dtype, monkeypatch):
                         dict(D="h", z=True, dt_bias=True)))
     check_scan_against_reference("bi_selective_scan", args, backend="triton", dtype=dtype,
                                  device="cuda", mode="sum", cu_seqlens=cu)
+
+
+@pytest.mark.parametrize("dims", [(2, 4, 1, 0), (1, 1, 1, 1), (3, 5, 3, 2)],
+                         ids=["dstate0", "one_head_one_channel", "groups_equal_heads"])
+def test_edge_dims(dims):
+    h, p, g, n = dims
+    args = make_scan_inputs(1, 20, h, p, g, n, dtype=torch.float64, D="h", z=True)
+    check_scan_against_reference("bi_selective_scan", args, backend="triton", dtype=torch.float32,
+                                 device=TRITON_DEVICE, mode="quasiseparable")

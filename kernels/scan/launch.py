@@ -139,6 +139,8 @@ def _states(pb, u, adjoint, shift_f=0, shift_r=0):
         ADJOINT=adjoint, SHIFT_F=shift_f, SHIFT_R=shift_r, **pb.common_flags(), num_warps=8,
     )
     PN = pb.P * pb.N
+    if PN == 0:  # dstate 0: no state to pass
+        return states_f, states_r
     block = min(1024, triton.next_power_of_2(PN))
     grid = (pb.batch * pb.H, triton.cdiv(PN, block))
     # forward-direction states move right, its adjoints left; the reverse direction mirrors it
