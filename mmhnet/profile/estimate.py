@@ -10,7 +10,9 @@ far as ``c * tokens ** k``, with k between 1 (linear layers, scans) and 2 (atten
 import math
 from dataclasses import dataclass
 
-__all__ = ["LinearMemoryModel", "PowerLawTime", "format_bytes"]
+__all__ = ["PROBE_SECONDS", "LinearMemoryModel", "PowerLawTime", "format_bytes"]
+
+PROBE_SECONDS = (4.0, 8.0)   # clip durations of the probe runs a first estimate is fitted on
 
 
 def format_bytes(n):

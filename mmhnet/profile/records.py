@@ -8,9 +8,10 @@ On CUDA the footprint is 0 and the peak is torch.cuda.max_memory_allocated.
 
 Breakdown: ``weights_bytes``, ``grad_bytes`` and ``optimizer_bytes`` are counted from the tensors;
 ``held_bytes`` is what the process held above the footprint just before the run (weights,
-optimizer state, caches the warm-up left); ``activation_bytes`` is what the run added at its
-peak less the gradients and the inputs (``inputs_bytes``, counted), so
-peak = held + inputs + gradients + activations.
+optimizer state, caches the warm-up left); ``inputs_bytes`` is counted (features and latents);
+``activation_bytes`` is measured: the run's peak up to the end of the model's forward call above
+``held_bytes``, less the inputs — what a training step keeps for backward (and its transient
+work buffers), before any gradient exists; for sampling, the step's peak less the inputs.
 
 status: "measured"; "refused" (the estimated peak exceeds the memory limit, nothing was run past
 the probes: ``peak_bytes`` is None and ``estimated_peak_bytes`` says why); "skipped" (not run:

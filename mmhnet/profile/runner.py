@@ -22,10 +22,9 @@ import torch
 from mmhnet.model.config import get_config
 from mmhnet.model.features import frame_counts
 
-from .estimate import LinearMemoryModel, PowerLawTime
+from .estimate import PROBE_SECONDS, LinearMemoryModel, PowerLawTime
 from .meter import MALLOC_ENV
 from .records import ProfileRecord
-from .worker import PROBE_SECONDS
 from .workloads import MODEL_NAMES, WorkloadSpec
 
 __all__ = ["profile", "run_point"]

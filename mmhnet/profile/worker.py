@@ -14,34 +14,52 @@ import json
 import sys
 import time
 from dataclasses import asdict
+from typing import NamedTuple
 
-from .estimate import LinearMemoryModel, format_bytes
+from .estimate import PROBE_SECONDS, LinearMemoryModel, format_bytes
 from .meter import make_meter
 from .records import ProfileRecord
 from .workloads import Workload, WorkloadSpec, input_bytes
 
-__all__ = ["PROBE_SECONDS", "LIMIT_FRACTION", "ESTIMATE_MARGIN", "profile_point", "measure_run"]
+__all__ = ["LIMIT_FRACTION", "ESTIMATE_MARGIN", "RunMeasurement",
+           "profile_point", "measure_run"]
 
-PROBE_SECONDS = (4.0, 8.0)
 LIMIT_FRACTION = 0.9   # default limit: this share of the memory available when the point starts
 ESTIMATE_MARGIN = 1.25  # a point is refused when held + this x the predicted run exceeds the limit
 
 
+class RunMeasurement(NamedTuple):
+    """added: the run's peak above what was held before it (bytes); forward_added: the same
+    peak up to the end of the model's forward call (the activations a training step keeps for
+    backward, before its gradients exist; equal to ``added`` when ``forward`` is not called,
+    as in sampling); seconds: wall time of the run; steps: steps it took."""
+    added: int
+    forward_added: int
+    seconds: float
+    steps: int
+
+
 def measure_run(meter, workload, seconds):
-    """One run at ``seconds``: (peak bytes above what was held before, run seconds, steps)."""
+    """One run of the workload at ``seconds`` (RunMeasurement)."""
     meter.release()
     before = meter.current()
     meter.reset_peak()
-    workload.prepare(seconds)
-    meter.synchronize()
-    start = time.perf_counter()
-    steps = workload.run()
-    meter.synchronize()
-    elapsed = time.perf_counter() - start
+    forward_peaks = []
+    hook = workload.model.register_forward_hook(lambda *_: forward_peaks.append(meter.peak()))
+    try:
+        workload.prepare(seconds)
+        meter.synchronize()
+        start = time.perf_counter()
+        steps = workload.run()
+        meter.synchronize()
+        elapsed = time.perf_counter() - start
+    finally:
+        hook.remove()
     peak = meter.peak()
     workload.clear()
     meter.release()
-    return peak - before, elapsed, steps
+    forward_peak = forward_peaks[-1] if forward_peaks else peak
+    return RunMeasurement(peak - before, forward_peak - before, elapsed, steps)
 
 
 def _memory_model(meter, workload, tokens, probe_seconds, memory_model):
@@ -51,7 +69,7 @@ def _memory_model(meter, workload, tokens, probe_seconds, memory_model):
         return memory_model, "fitted on the two longest runs measured before"
     if tokens <= max(workload.tokens(s) for s in probe_seconds):
         return None, ""
-    points = [(workload.tokens(s), measure_run(meter, workload, s)[0]) for s in probe_seconds]
+    points = [(workload.tokens(s), measure_run(meter, workload, s).added) for s in probe_seconds]
     return LinearMemoryModel.fit(points), f"fitted on probe runs at {probe_seconds} s"
 
 
@@ -106,12 +124,12 @@ def profile_point(spec: WorkloadSpec, memory_limit=None, probe_seconds=PROBE_SEC
             record.message = _refusal(record, fit, fit_source, limit_source)
             return record
 
-    added, elapsed, steps = measure_run(meter, workload, spec.seconds)
-    record.peak_bytes = int(held - runtime + added)
-    record.absolute_peak_bytes = int(held + added)
-    record.activation_bytes = max(int(added - record.grad_bytes - record.inputs_bytes), 0)
-    record.seconds_total = elapsed
-    record.seconds_per_step = elapsed / steps
+    run = measure_run(meter, workload, spec.seconds)
+    record.peak_bytes = int(held - runtime + run.added)
+    record.absolute_peak_bytes = int(held + run.added)
+    record.activation_bytes = max(int(run.forward_added - record.inputs_bytes), 0)
+    record.seconds_total = run.seconds
+    record.seconds_per_step = run.seconds / run.steps
     return record
 
 
