@@ -35,7 +35,6 @@ struct Rows {
 
     bool present() const { return base != nullptr; }
     T* row(int64_t t) const { return base + t * token_stride; }
-    T& at(int64_t t, int64_t i) const { return base[t * token_stride + i * inner_stride]; }
     T& at(int64_t t) const { return base[t * token_stride]; }
 };
 

@@ -186,7 +186,7 @@ void backward_direction(const ScanParams& P, const Unit& u, bool reverse, bool f
     }
 
     // R_n and R_p: the adjoint state over the reversed order j = n - 1 - k, whose step j decays
-    // by a_{k+1}. Shared rows: C (bsh) and B (csh); per head: rb = gyhat / beta, rc = u * beta.
+    // by a_{k+1}. Shared rows: B and C; per head: rb = gyhat / beta, rc = u * beta.
     //   R_n: v = C, b = gyhat / beta, c = u * beta   -> dB         (i = n, j = p)
     //   R_p: v = gyhat / beta, b = C, c = B          -> du / beta  (i = p, j = n)
     const Order adjoint{!reverse, u.begin, u.len};
@@ -195,7 +195,7 @@ void backward_direction(const ScanParams& P, const Unit& u, bool reverse, bool f
     ws.rescale.assign(nh, Rescale<T>());
     for (int64_t j0 = 0; j0 < n; j0 += kBlockSteps) {
         const int64_t nb = std::min(kBlockSteps, n - j0);
-        rows.gather(P, u, adjoint, reverse, j0, nb, ws.bsh, ws.csh);  // b <- B, c <- C
+        rows.gather(P, u, adjoint, reverse, j0, nb, ws.bsh, ws.csh);
         for (int64_t hl = 0; hl < nh; ++hl) {
             const int64_t head = u.h0 + hl;
             const HeadParams<T> hp(P, u.b, head, reverse);
