@@ -75,11 +75,11 @@ def test_unrun_points_are_estimated_from_the_measured_series():
     from mmhnet.profile.runner import _series_model
 
     assert _series_model([]) is None
-    one = _record("mmhnet", 8, 3000, held_bytes=1000)
+    one = _record("mmhnet", 8, 3000, activation_bytes=1500, inputs_bytes=500)
     assert _series_model([(one, 1.0)]).predict(2 * one.tokens) == pytest.approx(4000)
     one.fit_bytes_per_token = 1.0
     assert _series_model([(one, 1.0)]).predict(one.tokens + 10) == pytest.approx(2010)
-    two = _record("mmhnet", 16, 5000, held_bytes=1000)
+    two = _record("mmhnet", 16, 5000, activation_bytes=3500, inputs_bytes=500)
     model = _series_model([(one, 1.0), (two, 1.0)])
     assert model.predict(one.tokens) == pytest.approx(2000)
     assert model.predict(two.tokens) == pytest.approx(4000)

@@ -55,19 +55,23 @@ def run_point(spec: WorkloadSpec, memory_limit=None, probe_seconds=PROBE_SECONDS
 
 
 def _series_model(series):
-    """LinearMemoryModel of the bytes a run adds, from the measured (record, wall) pairs of a
-    series: through its two longest runs; with one run, its slope fitted in that run's process,
-    else proportional to tokens; None without runs."""
+    """LinearMemoryModel of what a run's forward adds (activations and inputs), from the
+    measured (record, wall) pairs of a series: through its two longest runs; with one run, its
+    slope fitted in that run's process, else proportional to tokens; None without runs."""
     runs = [r for r, _ in series]
     if len(runs) >= 2:
-        return LinearMemoryModel.fit([(r.tokens, r.peak_bytes - r.held_bytes) for r in runs[-2:]])
+        return LinearMemoryModel.fit([(r.tokens, _forward_bytes(r)) for r in runs[-2:]])
     if not runs:
         return None
     r = runs[-1]
-    added = r.peak_bytes - r.held_bytes
     if r.fit_bytes_per_token is None:
-        return LinearMemoryModel(0.0, added / r.tokens)
-    return LinearMemoryModel(added - r.fit_bytes_per_token * r.tokens, r.fit_bytes_per_token)
+        return LinearMemoryModel(0.0, _forward_bytes(r) / r.tokens)
+    return LinearMemoryModel(_forward_bytes(r) - r.fit_bytes_per_token * r.tokens,
+                             r.fit_bytes_per_token)
+
+
+def _forward_bytes(record):
+    return record.activation_bytes + record.inputs_bytes
 
 
 def _unrun(spec, tokens, series, status, message):
@@ -79,7 +83,8 @@ def _unrun(spec, tokens, series, status, message):
     model = _series_model(series)
     if model is not None:
         last = series[-1][0]
-        record.estimated_peak_bytes = int(last.held_bytes + model.predict(tokens))
+        record.estimated_peak_bytes = int(last.held_bytes + last.grad_bytes
+                                          + model.predict(tokens))
         record.params, record.weights_bytes = last.params, last.weights_bytes
         record.grad_bytes, record.optimizer_bytes = last.grad_bytes, last.optimizer_bytes
     return record

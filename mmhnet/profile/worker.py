@@ -25,7 +25,7 @@ __all__ = ["LIMIT_FRACTION", "ESTIMATE_MARGIN", "RunMeasurement",
            "profile_point", "measure_run"]
 
 LIMIT_FRACTION = 0.9   # default limit: this share of the memory available when the point starts
-ESTIMATE_MARGIN = 1.25  # a point is refused when held + this x the predicted run exceeds the limit
+ESTIMATE_MARGIN = 1.25  # refused when held + gradients + this x the predicted forward > the limit
 
 
 class RunMeasurement(NamedTuple):
@@ -63,22 +63,25 @@ def measure_run(meter, workload, seconds):
 
 
 def _memory_model(meter, workload, tokens, probe_seconds, memory_model):
-    """The fitted bytes-a-run-adds model and where it comes from, or (None, '') when the
-    requested duration is no longer than the probes (it needs no estimate)."""
+    """The fitted model of the bytes a run's forward adds (activations and inputs; the whole
+    run for sampling) and where it comes from, or (None, '') when the requested duration is no
+    longer than the probes (it needs no estimate)."""
     if memory_model is not None:
         return memory_model, "fitted on the two longest runs measured before"
     if tokens <= max(workload.tokens(s) for s in probe_seconds):
         return None, ""
-    points = [(workload.tokens(s), measure_run(meter, workload, s).added) for s in probe_seconds]
+    points = [(workload.tokens(s), measure_run(meter, workload, s).forward_added)
+              for s in probe_seconds]
     return LinearMemoryModel.fit(points), f"fitted on probe runs at {probe_seconds} s"
 
 
 def _refusal(record, fit, fit_source, limit_source):
     return (f"refused: {record.model} {record.mode} at {record.seconds:g} s ({record.tokens} audio "
             f"frames, batch {record.batch}) would need about "
-            f"{format_bytes(record.estimated_peak_bytes)} (what the process holds, plus "
-            f"{fit.describe()} {fit_source}); with a {ESTIMATE_MARGIN - 1:.0%} margin on the "
-            f"run's part that is more than the {format_bytes(record.memory_limit_bytes)} "
+            f"{format_bytes(record.estimated_peak_bytes)} (what the process holds and the "
+            f"gradients, plus a forward pass of {fit.describe()} {fit_source}); with a "
+            f"{ESTIMATE_MARGIN - 1:.0%} margin on the forward that is more than the "
+            f"{format_bytes(record.memory_limit_bytes)} "
             f"{limit_source}. Use a shorter duration"
             + ("" if record.checkpointing or record.mode != "train_step" else ", --checkpointing")
             + " or a machine with more memory.")
@@ -117,9 +120,10 @@ def profile_point(spec: WorkloadSpec, memory_limit=None, probe_seconds=PROBE_SEC
             limit, limit_source = memory_limit, "allowed by the memory limit"
         record.fit_fixed_bytes, record.fit_bytes_per_token = fit.fixed, fit.per_token
         predicted = fit.predict(record.tokens)
-        record.estimated_peak_bytes = int(held - runtime + predicted)
+        fixed = held - runtime + record.grad_bytes
+        record.estimated_peak_bytes = int(fixed + predicted)
         record.memory_limit_bytes = int(limit - runtime)
-        if held - runtime + ESTIMATE_MARGIN * predicted > record.memory_limit_bytes:
+        if fixed + ESTIMATE_MARGIN * predicted > record.memory_limit_bytes:
             record.status = "refused"
             record.message = _refusal(record, fit, fit_source, limit_source)
             return record
