@@ -43,8 +43,12 @@ def run_point(spec: WorkloadSpec, memory_limit=None, probe_seconds=PROBE_SECONDS
     wall = time.perf_counter() - start
     lines = out.stdout.strip().splitlines()
     if out.returncode != 0 or not lines:
-        reason = ("killed by signal %d (out of memory?)" % -out.returncode if out.returncode < 0
-                  else f"exit status {out.returncode}")
+        if out.returncode == -9:
+            reason = "killed by SIGKILL (the kernel's out-of-memory killer?)"
+        elif out.returncode < 0:
+            reason = f"killed by signal {-out.returncode}"
+        else:
+            reason = f"exit status {out.returncode}"
         record = ProfileRecord(model=spec.model, mode=spec.mode, seconds=spec.seconds, tokens=0,
                                peak_bytes=None, seconds_per_step=None, config=spec.config,
                                device=spec.device, batch=spec.batch,
