@@ -32,7 +32,7 @@ def plot_memory(records, path, title=None, memory_limit_bytes=None):
         memory_limit_bytes = min(limits) if limits else None
     from matplotlib.ticker import FuncFormatter
 
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(9.5, 5))
     ax.set_xscale("log")
     ax.set_yscale("log")
     series = {}
@@ -64,7 +64,8 @@ def plot_memory(records, path, title=None, memory_limit_bytes=None):
     ax.set_ylabel("peak memory (GiB)")
     ax.set_title(title or "Peak memory against duration")
     ax.grid(True, which="both", linewidth=0.3)
-    ax.legend(fontsize=8, title="dotted, open: estimates of unrun points", title_fontsize=7)
+    ax.legend(fontsize=8, title="dotted, open: estimates\nof points not run", title_fontsize=7,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
