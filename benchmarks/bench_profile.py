@@ -146,8 +146,10 @@ def checkpointing_table(plain, recomputed):
     table = Table("Checkpointing (recompute every block in backward): effect on a training step",
                   ["model", "seconds", "activations", "activations (ckpt)", "saved", "peak",
                    "peak (ckpt)", "time (ckpt) / time"],
-                  note="Activations: the training step's peak above the weights, optimizer "
-                       "state, gradients and inputs. Times: one step each, on a shared machine.")
+                  note="Activations: what the forward pass holds at its peak (before any "
+                       "gradient exists) above the weights, optimizer state and inputs. Times: "
+                       "one step each; on a shared machine the ratio is noise unless both ran "
+                       "under the same load.")
     with_ckpt = {(r.model, r.seconds): r for r in recomputed if r.measured}
     for r in plain:
         c = with_ckpt.get((r.model, r.seconds))
