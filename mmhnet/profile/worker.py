@@ -3,9 +3,9 @@
 
 In order: the footprint after the imports; the model (and for training its optimizer); a warm-up
 run at the first probe duration (lazy initialisation, the optimizer state); the memory model of
-the bytes a run adds (handed in, fitted by the caller on longer runs of the same series, or
-fitted here on probe runs at ``probe_seconds``); the estimate for the requested duration,
-refused if over the limit; else one run at that duration, measuring its peak memory and time.
+the bytes a run's forward adds (handed in, fitted by the caller on longer runs of the same
+series, or fitted here on probe runs at ``probe_seconds``); the estimate for the requested
+duration (held + gradients + that forward), refused if over the limit; else one run at that duration, measuring its peak memory and time.
 Between runs the inputs and gradients are dropped and freed memory handed back, so each run
 starts from the weights and the optimizer state.
 """
@@ -91,8 +91,8 @@ def profile_point(spec: WorkloadSpec, memory_limit=None, probe_seconds=PROBE_SEC
                   memory_model=None):
     """Profile one point in this process. memory_limit: the most bytes the process (CPU) or the
     allocator (CUDA) may hold at the peak; default LIMIT_FRACTION of what is available now on
-    top of what is held. memory_model: a LinearMemoryModel of the bytes a run adds, or None to
-    fit one on probe runs. Returns a ProfileRecord (status "measured" or "refused")."""
+    top of what is held. memory_model: a LinearMemoryModel of the bytes a run's forward adds,
+    or None to fit one on probe runs. Returns a ProfileRecord (status "measured" or "refused")."""
     meter = make_meter(spec.device)
     meter.release()
     runtime = meter.current()
@@ -120,10 +120,10 @@ def profile_point(spec: WorkloadSpec, memory_limit=None, probe_seconds=PROBE_SEC
             limit, limit_source = memory_limit, "allowed by the memory limit"
         record.fit_fixed_bytes, record.fit_bytes_per_token = fit.fixed, fit.per_token
         predicted = fit.predict(record.tokens)
-        fixed = held - runtime + record.grad_bytes
-        record.estimated_peak_bytes = int(fixed + predicted)
+        held_and_grads = held - runtime + record.grad_bytes
+        record.estimated_peak_bytes = int(held_and_grads + predicted)
         record.memory_limit_bytes = int(limit - runtime)
-        if fixed + ESTIMATE_MARGIN * predicted > record.memory_limit_bytes:
+        if held_and_grads + ESTIMATE_MARGIN * predicted > record.memory_limit_bytes:
             record.status = "refused"
             record.message = _refusal(record, fit, fit_source, limit_source)
             return record
