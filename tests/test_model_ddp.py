@@ -5,7 +5,9 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -14,6 +16,7 @@ from mmhnet.model import (SyntheticTask, build_model, draw_training_randomness,
 from mmhnet.model.distributed import init_distributed, shutdown_distributed, wrap_model
 
 BATCH, SECONDS = 4, 2.0
+WORKER_TIMEOUT = 240
 
 
 def _free_port():
@@ -60,7 +63,13 @@ def _ddp_worker(rank, world, port, out_path):
 
 def test_ddp_two_processes_match_one_process(tmp_path):
     out = str(tmp_path / "grads.pt")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    workers = mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=False)
+    deadline = time.monotonic() + WORKER_TIMEOUT
+    while not workers.join(timeout=2):
+        if time.monotonic() > deadline:
+            for p in workers.processes:
+                p.kill()
+            pytest.fail(f"the DDP workers did not finish within {WORKER_TIMEOUT} s")
     ddp_grads = torch.load(out)
 
     model, clips, draws = _model_and_batch()

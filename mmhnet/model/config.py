@@ -53,6 +53,10 @@ class ModelConfig:
     decoder_depth: int = 1
     d_state: int = 32
     headdim: int = 16
+    # B/C groups of BiMamba2, whose gated RMSNorm normalises each group on its own. The presets
+    # use one group per head: a head whose state sums over more tokens than a training clip
+    # had then cannot rescale the other heads' outputs (docs/model.md, "Length").
+    ngroups: int = 1
     expand: int = 2
     d_conv: int = 4
     mixer_mode: str = "quasiseparable"
@@ -75,7 +79,7 @@ class ModelConfig:
     def __post_init__(self):
         if self.audio not in AUDIO_FORMATS:
             raise ValueError(f"audio must be one of {sorted(AUDIO_FORMATS)}, got {self.audio!r}")
-        for name in ("d_model", "d_state", "headdim", "expand", "d_conv", "num_heads"):
+        for name in ("d_model", "d_state", "headdim", "ngroups", "expand", "d_conv", "num_heads"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("encoder_depth", "multimodal_depth", "audio_depth", "decoder_depth",
@@ -105,8 +109,8 @@ class ModelConfig:
 
     def mixer_options(self):
         """Keyword arguments of every BiMamba2 in the model."""
-        return dict(d_state=self.d_state, headdim=self.headdim, expand=self.expand,
-                    d_conv=self.d_conv, mode=self.mixer_mode)
+        return dict(d_state=self.d_state, headdim=self.headdim, ngroups=self.ngroups,
+                    expand=self.expand, d_conv=self.d_conv, mode=self.mixer_mode)
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -128,17 +132,20 @@ class ModelConfig:
 # give the attention baseline about the same parameter count as MMHNet at each preset.
 PRESETS = {
     "tiny": ModelConfig(name="tiny", d_model=64, encoder_depth=1, multimodal_depth=2,
-                        audio_depth=1, decoder_depth=1, d_state=32, headdim=16, num_heads=4,
-                        baseline_joint_depth=2, baseline_fused_depth=2),
+                        audio_depth=1, decoder_depth=1, d_state=32, headdim=16, ngroups=8,
+                        num_heads=4, baseline_joint_depth=2, baseline_fused_depth=3),
     "S": ModelConfig(name="S", d_model=448, d_intermediate=1792, encoder_depth=4,
-                     multimodal_depth=10, audio_depth=10, decoder_depth=6, d_state=128,
-                     headdim=64, num_heads=7, baseline_joint_depth=6, baseline_fused_depth=17),
+                     multimodal_depth=9, audio_depth=8, decoder_depth=6, d_state=64,
+                     headdim=64, ngroups=14, num_heads=7, baseline_joint_depth=6,
+                     baseline_fused_depth=17),
     "M": ModelConfig(name="M", audio="44k", d_model=896, d_intermediate=3584, encoder_depth=4,
-                     multimodal_depth=10, audio_depth=11, decoder_depth=6, d_state=128,
-                     headdim=64, num_heads=14, baseline_joint_depth=6, baseline_fused_depth=18),
+                     multimodal_depth=9, audio_depth=9, decoder_depth=5, d_state=64,
+                     headdim=64, ngroups=28, num_heads=14, baseline_joint_depth=6,
+                     baseline_fused_depth=18),
     "L": ModelConfig(name="L", audio="44k", d_model=896, d_intermediate=3584, encoder_depth=6,
-                     multimodal_depth=18, audio_depth=18, decoder_depth=10, d_state=128,
-                     headdim=64, num_heads=14, baseline_joint_depth=10, baseline_fused_depth=29),
+                     multimodal_depth=16, audio_depth=15, decoder_depth=8, d_state=64,
+                     headdim=64, ngroups=28, num_heads=14, baseline_joint_depth=10,
+                     baseline_fused_depth=29),
 }
 
 

@@ -7,7 +7,8 @@ events are at least 0.5 s apart). Then, with unit-variance random codes:
 
     visual frame j   = noise + visual_code[k]      for the 4 frames (0.5 s) an event is visible
     sync frame 3j+r  = noise + onset_code          for the 3 sync frames of an event's first frame
-    text tokens      = text_code[scene] + noise    (77 x 1024)
+    text tokens      = text_code[scene] + noise    (77 x 1024; a scene's code is one vector
+                                                    shared by its tokens plus a per-token part)
     latent frame i   = scene_code[scene] + sum over events of
                        audio_code[k] * exp(-(i - i0) / (0.25 s * frame rate))  for i >= i0,
                        + small noise
@@ -56,7 +57,8 @@ class SyntheticTask:
         c = config
         self.visual_codes = torch.randn(num_classes, c.visual_dim, generator=g)
         self.onset_code = torch.randn(c.sync_dim, generator=g)
-        self.text_codes = torch.randn(num_scenes, c.text_tokens, c.text_dim, generator=g)
+        self.text_codes = (torch.randn(num_scenes, 1, c.text_dim, generator=g)
+                           + 0.5 * torch.randn(num_scenes, c.text_tokens, c.text_dim, generator=g))
         self.audio_codes = torch.randn(num_classes, c.latent_dim, generator=g)
         self.scene_codes = 0.5 * torch.randn(num_scenes, c.latent_dim, generator=g)
         decay_frames = self.DECAY_SECONDS * c.audio_format.frame_rate
