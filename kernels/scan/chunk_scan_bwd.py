@@ -23,7 +23,7 @@ holds (the incoming states and the inter-chunk terms of dC or dB), so no chunk r
 import triton
 import triton.language as tl
 
-from .common import chunk_seq_ids, load_dt, load_rows, load_state, mm
+from .common import chunk_coords, chunk_seq_ids, load_dt_pair, load_rows, load_state, mm
 
 
 @triton.jit
@@ -109,37 +109,19 @@ def chunk_scan_bwd_kernel(
     D_PER_P: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_N: tl.constexpr, MM_DTYPE: tl.constexpr, PREC: tl.constexpr,
 ):
-    pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = pid_bh % H
-    g = h // heads_per_group
-    start = pid_c * Q
-    end = tl.minimum(start + Q, L_row) - 1
-    i = tl.arange(0, Q)
-    pos = start + i
-    valid = pos < L_row
+    b, h, g, row0, start, end, i, pos, valid, chunk_idx = chunk_coords(L_row, H, heads_per_group,
+                                                                       nchunks, Q)
     offs_p = tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
     seq, seq_first, seq_last, seq_prev, seq_next = chunk_seq_ids(seq_ptr, pos, valid, start, end,
                                                                  L_row, HAS_SEQ)
-    row0 = start.to(tl.int64)
-    bias = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + h).to(tl.float32)
     x = load_rows(x_ptr + b * s_xb + row0 * s_xl + h * s_xh, s_xl, s_xp, i, offs_p, P, L_row, pos,
                   seq, seq_ptr, 0, HAS_SEQ)
     dy_base = dy_ptr + b * s_dyb + row0 * s_dyl + h * s_dyh
-    chunk_idx = pid_bh.to(tl.int64) * nchunks + pid_c
     state_off = chunk_idx * P * N
-    dtp_f, pre_f = load_dt(dtf_ptr + b * s_dtfb + row0 * s_dtfl + h * s_dtfh, s_dtfl, i, valid,
-                           bias, HAS_BIAS, SOFTPLUS)
-    if SHARE_DT:
-        dtp_r = dtp_f
-        pre_r = pre_f
-    else:
-        dtp_r, pre_r = load_dt(dtr_ptr + b * s_dtrb + row0 * s_dtrl + h * s_dtrh, s_dtrl, i, valid,
-                               bias, HAS_BIAS, SOFTPLUS)
+    dtp_f, pre_f, dtp_r, pre_r = load_dt_pair(dtf_ptr, s_dtfb, s_dtfl, s_dtfh, dtr_ptr, s_dtrb,
+                                              s_dtrl, s_dtrh, bias_ptr, b, row0, h, i, valid,
+                                              HAS_BIAS, SOFTPLUS, SHARE_DT)
     dy_f = load_rows(dy_base, s_dyl, s_dyp, i, offs_p, P, L_row, pos, seq, seq_ptr, DY_SHIFT_F,
                      HAS_SEQ)
     if DY_SHIFT_R == DY_SHIFT_F:

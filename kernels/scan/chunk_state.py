@@ -18,7 +18,7 @@ chunk, else 0 (state_passing.py combines states with it).
 import triton
 import triton.language as tl
 
-from .common import chunk_seq_ids, load_dt, load_rows, mm
+from .common import chunk_coords, chunk_seq_ids, load_dt_pair, load_rows, mm
 
 
 @triton.jit
@@ -57,36 +57,19 @@ def chunk_state_kernel(
     Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     MM_DTYPE: tl.constexpr, PREC: tl.constexpr,
 ):
-    pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = pid_bh % H
-    g = h // heads_per_group
-    start = pid_c * Q
-    end = tl.minimum(start + Q, L_row) - 1
-    i = tl.arange(0, Q)
-    pos = start + i
-    valid = pos < L_row
+    b, h, g, row0, start, end, i, pos, valid, chunk_idx = chunk_coords(L_row, H, heads_per_group,
+                                                                       nchunks, Q)
     offs_p = tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
     seq, seq_first, seq_last, seq_prev, seq_next = chunk_seq_ids(seq_ptr, pos, valid, start, end,
                                                                  L_row, HAS_SEQ)
-    row0 = start.to(tl.int64)
     u_base = u_ptr + b * s_ub + row0 * s_ul + h * s_uh
-    bias = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + h).to(tl.float32)
-    out_off = pid_bh.to(tl.int64) * nchunks + pid_c
-    state_off = out_off * P * N + offs_p[:, None] * N + offs_n[None, :]
+    state_off = chunk_idx * P * N + offs_p[:, None] * N + offs_n[None, :]
     state_mask = (offs_p[:, None] < P) & (offs_n[None, :] < N)
 
-    dtp_f, _ = load_dt(dtf_ptr + b * s_dtfb + row0 * s_dtfl + h * s_dtfh, s_dtfl, i, valid, bias,
-                       HAS_BIAS, SOFTPLUS)
-    if SHARE_DT:
-        dtp_r = dtp_f
-    else:
-        dtp_r, _ = load_dt(dtr_ptr + b * s_dtrb + row0 * s_dtrl + h * s_dtrh, s_dtrl, i, valid,
-                           bias, HAS_BIAS, SOFTPLUS)
+    dtp_f, pre_f, dtp_r, pre_r = load_dt_pair(dtf_ptr, s_dtfb, s_dtfl, s_dtfh, dtr_ptr, s_dtrb,
+                                              s_dtrl, s_dtrh, bias_ptr, b, row0, h, i, valid,
+                                              HAS_BIAS, SOFTPLUS, SHARE_DT)
     u_f = load_rows(u_base, s_ul, s_up, i, offs_p, P, L_row, pos, seq, seq_ptr, SHIFT_F, HAS_SEQ)
     if SHIFT_R == SHIFT_F:
         u_r = u_f
@@ -104,7 +87,7 @@ def chunk_state_kernel(
         state, carry = _local_state(uf, v, dtp_f * A_f, seq, seq_first, seq_last, seq_prev,
                                     seq_next, not ADJOINT, False, MM_DTYPE, PREC)
         tl.store(statef_ptr + state_off, state, mask=state_mask)
-        tl.store(carryf_ptr + out_off, carry)
+        tl.store(carryf_ptr + chunk_idx, carry)
     if HAS_R:
         A_r = tl.load(Ar_ptr + h).to(tl.float32)
         v = load_rows(vr_ptr + b * s_vrb + row0 * s_vrl + g * s_vrg, s_vrl, s_vrn, i, offs_n, N,
@@ -116,4 +99,4 @@ def chunk_state_kernel(
         state, carry = _local_state(ur, v, dtp_r * A_r, seq, seq_first, seq_last, seq_prev,
                                     seq_next, ADJOINT, True, MM_DTYPE, PREC)
         tl.store(stater_ptr + state_off, state, mask=state_mask)
-        tl.store(carryr_ptr + out_off, carry)
+        tl.store(carryr_ptr + chunk_idx, carry)

@@ -40,6 +40,41 @@ def load_dt(dt_base, stride_l, i, valid, bias, HAS_BIAS: tl.constexpr, SOFTPLUS:
 
 
 @triton.jit
+def chunk_coords(L_row, H, heads_per_group, nchunks, Q: tl.constexpr):
+    """Where the program of grid (chunk, batch*head) works: batch b (int64), head h, group g,
+    first row row0 (int64), first/last token start/end, in-chunk index i (Q,), token pos (Q,),
+    pos < L_row, and the (batch*head, chunk) index into the per-chunk buffers (int64)."""
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    h = pid_bh % H
+    start = pid_c * Q
+    i = tl.arange(0, Q)
+    pos = start + i
+    return ((pid_bh // H).to(tl.int64), h, h // heads_per_group, start.to(tl.int64), start,
+            tl.minimum(start + Q, L_row) - 1, i, pos, pos < L_row,
+            pid_bh.to(tl.int64) * nchunks + pid_c)
+
+
+@triton.jit
+def load_dt_pair(dtf_ptr, s_dtfb, s_dtfl, s_dtfh, dtr_ptr, s_dtrb, s_dtrl, s_dtrh, bias_ptr, b,
+                 row0, h, i, valid, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                 SHARE_DT: tl.constexpr):
+    """(dt', softplus argument) of the chunk for the forward and the reverse direction."""
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + h).to(tl.float32)
+    dtp_f, pre_f = load_dt(dtf_ptr + b * s_dtfb + row0 * s_dtfl + h * s_dtfh, s_dtfl, i, valid,
+                           bias, HAS_BIAS, SOFTPLUS)
+    if SHARE_DT:
+        dtp_r = dtp_f
+        pre_r = pre_f
+    else:
+        dtp_r, pre_r = load_dt(dtr_ptr + b * s_dtrb + row0 * s_dtrl + h * s_dtrh, s_dtrl, i, valid,
+                               bias, HAS_BIAS, SOFTPLUS)
+    return dtp_f, pre_f, dtp_r, pre_r
+
+
+@triton.jit
 def load_rows(base, stride_l, stride_d, i, offs_d, D_SIZE, L_row, pos, seq, seq_ptr,
               SHIFT: tl.constexpr, HAS_SEQ: tl.constexpr):
     """(Q, BLOCK_D) fp32 tile of rows t + SHIFT (SHIFT in {-1, 0, 1}) of a chunk; a row is 0
