@@ -5,6 +5,8 @@
 // storage and in float otherwise.
 #pragma once
 
+#include "compute_type.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -90,16 +92,6 @@ inline uint16_t float_to_bfloat16(float f) {
     return static_cast<uint16_t>(x >> 16);
 }
 
-template <class T>
-struct ComputeOf {
-    using type = float;
-};
-template <>
-struct ComputeOf<double> {
-    using type = double;
-};
-template <class T>
-using compute_t = typename ComputeOf<T>::type;
 
 inline float load(const float* p, int64_t i) { return p[i]; }
 inline double load(const double* p, int64_t i) { return p[i]; }

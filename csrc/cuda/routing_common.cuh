@@ -6,6 +6,8 @@
 // 3 bfloat16. Arithmetic is in double for float64 storage and in float otherwise.
 #pragma once
 
+#include "compute_type.h"
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -17,16 +19,6 @@
 namespace mmhnet {
 namespace routing_cuda {
 
-template <class T>
-struct ComputeOf {
-    using type = float;
-};
-template <>
-struct ComputeOf<double> {
-    using type = double;
-};
-template <class T>
-using compute_t = typename ComputeOf<T>::type;
 
 __device__ __forceinline__ float to_compute(float v) { return v; }
 __device__ __forceinline__ double to_compute(double v) { return v; }
