@@ -166,8 +166,8 @@ def run(device="cpu", quick=False):
     tokens = TOKENS[:2] if quick else TOKENS
     reps = 3 if quick else 5
     backends = _backends(device)
-    mamba, mamba_note = _mamba_two_pass() if device.type == "cuda" else (None, "CPU run")
-    fla, fla_note = _fla_two_pass() if device.type == "cuda" else (None, "CPU run")
+    mamba, mamba_note = _mamba_two_pass() if device.type == "cuda" else (None, "GPU only, not run on CPU")
+    fla, fla_note = _fla_two_pass() if device.type == "cuda" else (None, "GPU only, not run on CPU")
     bw = copy_bandwidth(device)
     elem = torch.tensor([], dtype=dtype).element_size()
 
