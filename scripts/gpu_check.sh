@@ -9,7 +9,7 @@
 # with scripts/fetch_wheels.sh: build tools and test packages missing on the machine, and the
 # baselines (the mamba-ssm sdist, installed without its CUDA build; the fla-core wheel). A
 # baseline that cannot be found is skipped, and the script says so.
-# Files written under $OUT: summary.txt, build.log, tests.txt, bench.txt.
+# Files written under $OUT: summary.txt, build.log, tests.txt, bench.txt, tables/<section>.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
@@ -17,6 +17,14 @@ WHEELS=${1:-${MMHNET_WHEELHOUSE:-$PWD/wheelhouse}}
 PY=${PYTHON:-python3}
 TEST_TIMEOUT=${TEST_TIMEOUT:-300}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
+# the kernel sections; the 5-minute profile runs too, within a small time budget
+BENCH_SECTIONS=${BENCH_SECTIONS:-scan routing layers profile}
+export MMHNET_BENCH_PROFILE_BUDGET=${MMHNET_BENCH_PROFILE_BUDGET:-60}
+# only the GPU in this machine (sm_90 for an H100): half the CUDA compile time of "80;90"
+if [ -z "${MMHNET_CUDA_ARCHS:-}" ]; then
+  cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ')
+  [ -n "$cap" ] && export MMHNET_CUDA_ARCHS="$cap"
+fi
 mkdir -p "$OUT"
 : > "$OUT/summary.txt"
 say() { echo "== $*" | tee -a "$OUT/summary.txt"; }
@@ -73,7 +81,8 @@ rc=$?
 say "GPU tests: exit $rc: $(tail -1 "$OUT/tests.txt")"
 
 # 5. benchmarks against the baselines
-timeout "$BENCH_TIMEOUT" "$PY" -m benchmarks.run > "$OUT/bench.txt" 2>&1
+timeout "$BENCH_TIMEOUT" "$PY" -m benchmarks.run --only $BENCH_SECTIONS --out "$OUT/tables" \
+  > "$OUT/bench.txt" 2>&1
 say "benchmarks: exit $?"
 
 # 6. the short table
