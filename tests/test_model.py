@@ -7,7 +7,7 @@ from mmhnet.model import (MODEL_KINDS, SyntheticTask, build_model,
                           draw_training_randomness, euler_sample, flow_matching_loss,
                           frame_counts, get_config, load_checkpoint, make_optimizer,
                           preset_parameter_counts, save_checkpoint, training_step)
-from mmhnet.model.features import sync_index
+from mmhnet.model.features import sync_index, visual_index
 from mmhnet.model.interleave import interleave_order
 
 TINY = get_config("tiny")
@@ -50,6 +50,24 @@ def test_frame_counts_and_sync_index():
     assert torch.equal(idx, torch.floor(centres * 24).long())
     assert idx[-1] == 7199 and bool((idx[1:] >= idx[:-1]).all())
     assert sync_index(63, 48, TINY)[-1] == 47        # 2 s: the 63rd frame reaches past 2 s
+    assert torch.equal(visual_index(9375, 2400, TINY), torch.floor(centres * 8).long())
+    assert visual_index(63, 16, TINY)[-1] == 15
+
+
+def test_mmhnet_reads_each_visual_frame_at_the_audio_frames_it_covers():
+    """The original-space input of MMHNet carries the visual features frame-aligned: changing
+    visual frame j changes exactly the audio frames whose centre it covers."""
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    clips, _ = _fixed_batch(seconds=2.0, batch=1)
+    changed = clips.conditions.visual.clone()
+    changed[0, 5] += 1.0
+    with torch.no_grad():
+        before = model.encode_conditions(clips.conditions).sync_frames
+        after = model.encode_conditions(clips.conditions._replace(visual=changed)).sync_frames
+    moved = (after - before).abs().amax(-1)[0] > 0
+    assert moved.nonzero().squeeze(1).tolist() == (visual_index(63, 16, TINY) == 5).nonzero(
+        ).squeeze(1).tolist()
 
 
 def test_interleaving_orders_by_time_video_first():

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 
 __all__ = ["FeatureError", "Conditions", "FrameCounts", "frame_counts", "sync_index",
+           "visual_index",
            "validate_features", "validate_batch", "load_feature_file", "save_feature_file",
            "FEATURE_KEYS"]
 
@@ -79,6 +80,14 @@ def frame_counts(config, seconds=None, *, visual_frames=None):
                        visual_frames / config.visual_fps)
 
 
+def _covering_frame(num_audio, num_frames, fps, config, device):
+    """For each audio frame, the frame of a ``fps`` stream that covers its centre."""
+    fmt = config.audio_format
+    i = torch.arange(num_audio, device=device, dtype=torch.int64)
+    index = (2 * i + 1) * (fps * fmt.hop) // (2 * fmt.sample_rate)
+    return index.clamp_(max=num_frames - 1)
+
+
 def sync_index(num_audio, num_sync, config, device=None):
     """For each audio frame, the sync frame that covers its centre: (num_audio,) int64.
 
@@ -88,10 +97,13 @@ def sync_index(num_audio, num_sync, config, device=None):
     video: 2 s is 62.5 frames at 31.25 Hz, rounded up to 63). Only frame rates are involved,
     no positional information.
     """
-    fmt = config.audio_format
-    i = torch.arange(num_audio, device=device, dtype=torch.int64)
-    index = (2 * i + 1) * (config.sync_fps * fmt.hop) // (2 * fmt.sample_rate)
-    return index.clamp_(max=num_sync - 1)
+    return _covering_frame(num_audio, num_sync, config.sync_fps, config, device)
+
+
+def visual_index(num_audio, num_visual, config, device=None):
+    """For each audio frame, the visual frame that covers its centre: (num_audio,) int64 (as
+    sync_index, at visual_fps)."""
+    return _covering_frame(num_audio, num_visual, config.visual_fps, config, device)
 
 
 def _check_tensor(field, t, shape, where):

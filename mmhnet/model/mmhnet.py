@@ -4,8 +4,9 @@ Per clip (B clips of A audio frames and V visual frames; d = config.d_model):
 
     conditions -> ConditionEncoder: video (B, V, d), text (B, 77, d), sync per audio frame
                   (B, A, d), pooled (B, d); ModalityRouter mixes text into each video token
+    frames = sync per audio frame + video per audio frame          (B, A, d)
     c = SiLU(pooled + time embedding)                              adaLN input (B, d)
-    h = audio_in(x_t) + sync_frames                                (B, A, d)
+    h = audio_in(x_t) + frames                                     (B, A, d)
     h = encoder(h, c)                                              original space
     chunks, routing = DynamicChunking(h)                           temporal routing + chunking
     z = interleave(chunks, video tokens) -> multimodal blocks -> audio chunks back
@@ -13,6 +14,14 @@ Per clip (B clips of A audio frames and V visual frames; d = config.d_model):
     h = dechunk(z, routing) + residual_proj(h)                     H-Net's residual
     h = decoder(h, c)                                              original space
     v = VelocityHead(h, c)                                         (B, A, latent_dim)
+
+The original-space blocks see the video frame-aligned: each audio frame gets the sync features
+and the (projected) visual features of the frames covering its centre, by frame-rate index
+arithmetic (features.sync_index / visual_index), so what an event is and exactly when it starts
+are both there at audio-frame resolution. The compressed space cannot place information that
+precisely: a chunk spans several frames, its boundaries are where the router puts them (not
+necessarily at an event's onset), and dechunking smooths over neighbouring chunks (docs/study.md,
+"What changed the outcome").
 
 There are no positional embeddings: BiMamba2 is position-free, the chunk boundaries come from
 adjacent-frame similarity, and the interleaving only orders tokens by time.
@@ -28,7 +37,7 @@ from mmhnet.ops import ratio_loss
 
 from .adaln import AdaLNStack, VelocityHead
 from .conditioning import ConditionEncoder, EncodedConditions
-from .features import validate_batch
+from .features import validate_batch, visual_index
 from .interleave import chunk_start_frames, interleave_order, sequence_index
 from .modality_router import ModalityRouter
 
@@ -78,10 +87,14 @@ class MMHNet(nn.Module):
         return self
 
     def encode_conditions(self, conditions, drop_video=None, drop_text=None):
-        """Conditions -> EncodedConditions (video tokens already routed with the text)."""
+        """Conditions -> EncodedConditions: video tokens already routed with the text;
+        sync_frames carry the sync and the visual features of each audio frame."""
         enc = self.conditions(conditions, drop_video, drop_text)
+        index = visual_index(enc.sync_frames.shape[1], enc.video.shape[1], self.config,
+                             device=enc.video.device)
+        frames = enc.sync_frames + enc.video.index_select(1, index)
         video, _ = self.modality_router(enc.video, enc.text)
-        return enc._replace(video=video)
+        return enc._replace(video=video, sync_frames=frames)
 
     def velocity(self, x_t, t, encoded: EncodedConditions):
         """x_t (B, A, latent_dim), t (B,), encoded conditions of the same clips -> VelocityOutput."""
