@@ -17,10 +17,6 @@ template <class T>
 void segment_sum_impl(const T* src, uintptr_t seg_id, bool seg_is64, const int64_t* order,
                       int64_t n, int64_t num_segments, int64_t dim, bool dense, T* out) {
     using C = compute_t<T>;
-    if (!dense) {
-#pragma omp parallel for schedule(static) if (num_segments * dim >= kMinParallelWork)
-        for (int64_t i = 0; i < num_segments * dim; ++i) store(out, i, C(0));
-    }
     // runs of equal ids: run r covers positions [begin[r], begin[r + 1])
     std::vector<int64_t> begin;
     for (int64_t j = 0; j < n; ++j)
@@ -28,6 +24,18 @@ void segment_sum_impl(const T* src, uintptr_t seg_id, bool seg_is64, const int64
             begin.push_back(j);
     begin.push_back(n);
     const int64_t runs = static_cast<int64_t>(begin.size()) - 1;
+    if (!dense) {
+        // zero only the segments no run writes (all-zero bits are 0.0 in every float dtype)
+        std::vector<uint8_t> written(static_cast<size_t>(num_segments), 0);
+        for (int64_t r = 0; r < runs; ++r) {
+            const int64_t s = load_index(seg_id, seg_is64, begin[r]);
+            if (s >= 0 && s < num_segments) written[static_cast<size_t>(s)] = 1;
+        }
+        const size_t row_bytes = static_cast<size_t>(dim) * sizeof(T);
+#pragma omp parallel for schedule(static) if (num_segments * dim >= kMinParallelWork)
+        for (int64_t s = 0; s < num_segments; ++s)
+            if (!written[static_cast<size_t>(s)]) std::memset(out + s * dim, 0, row_bytes);
+    }
     const int64_t col_blocks = (dim + kColumnBlock - 1) / kColumnBlock;
     // each (run, column block) is summed by one thread, rows in order: deterministic
 #pragma omp parallel for collapse(2) schedule(dynamic, 16) if (n * dim >= kMinParallelWork)

@@ -95,9 +95,8 @@ def segment_sum(src, seg_id, num_segments, order):
     src = src.contiguous()
     seg_id, is64 = _index(seg_id)
     order = None if order is None else order.long().contiguous()
-    dense = order is None
-    out = (empty((num_segments, src.shape[1]), src.dtype, src.device) if dense
-           else torch.zeros(num_segments, src.shape[1], dtype=src.dtype, device=src.device))
+    dense = order is None  # every segment has a row; else the kernels zero the empty ones
+    out = empty((num_segments, src.shape[1]), src.dtype, src.device)
     _call("routing_segment_sum", src.device, src.data_ptr(), seg_id.data_ptr(), is64,
           _addr(order), seg_id.shape[0], num_segments, src.shape[1], DTYPE_CODES[src.dtype],
           dense, out.data_ptr())
