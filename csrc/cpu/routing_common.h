@@ -118,23 +118,14 @@ void dispatch(int dtype, const char* op, F&& f) {
 // Large outputs are written right after torch allocated them, so their first touch page-faults
 // page by page. Asking for transparent huge pages first (where THP is in "madvise" mode) makes
 // that 512 times fewer faults. Only the 2 MiB-aligned inside of the buffer is advised; it is a
-// hint and never fails the call. Only for buffers this call owns (outputs and scratch).
+// hint and never fails the call.
 inline void advise_huge_pages(uintptr_t address, int64_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     constexpr uintptr_t kHuge = uintptr_t(2) << 20;
     if (bytes < static_cast<int64_t>(4 * kHuge)) return;
     const uintptr_t begin = (address + kHuge - 1) & ~(kHuge - 1);
     const uintptr_t end = (address + static_cast<uintptr_t>(bytes)) & ~(kHuge - 1);
-    if (end <= begin) return;
-    madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-    // Fault the huge pages in here, on one thread, rewriting one byte of each with its own
-    // value. Left to the parallel loop that follows, two threads faulting fresh huge pages at once
-    // were measured several times slower than one, erratically (a 38 MB row gather: 40 ms on two
-    // threads, 7.6 ms on one, 5.5 ms pre-faulted here).
-    for (uintptr_t a = begin; a < end; a += kHuge) {
-        volatile char* byte = reinterpret_cast<volatile char*>(a);
-        *byte = *byte;
-    }
+    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 #else
     (void)address;
     (void)bytes;
