@@ -20,6 +20,7 @@ from .common import Table, fmt_ms, time_fn
 
 HEADS, HEADDIM, DSTATE, GROUPS = 16, 64, 64, 1
 TOKENS = (250, 1875, 9375)
+GPU_ONLY = "GPU only, not run on CPU"   # why a baseline column is empty on CPU
 
 
 def make_inputs(batch, L, device, dtype, requires_grad=True):
@@ -162,12 +163,13 @@ def _backends(device):
 
 def run(device="cpu", quick=False):
     device = torch.device(device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    on_gpu = device.type == "cuda"
+    dtype = torch.bfloat16 if on_gpu else torch.float32
     tokens = TOKENS[:2] if quick else TOKENS
     reps = 3 if quick else 5
     backends = _backends(device)
-    mamba, mamba_note = _mamba_two_pass() if device.type == "cuda" else (None, "GPU only, not run on CPU")
-    fla, fla_note = _fla_two_pass() if device.type == "cuda" else (None, "GPU only, not run on CPU")
+    mamba, mamba_note = _mamba_two_pass() if on_gpu else (None, GPU_ONLY)
+    fla, fla_note = _fla_two_pass() if on_gpu else (None, GPU_ONLY)
     bw = copy_bandwidth(device)
     elem = torch.tensor([], dtype=dtype).element_size()
 
@@ -191,7 +193,7 @@ def run(device="cpu", quick=False):
             table.add(L, "fwd+bwd" if backward else "fwd", *[fmt_ms(t) for t in ours], fmt_ms(base),
                       fmt_ms(m), fmt_ms(f), fmt_ms(floor), *[f"{base / t:.1f}x" for t in ours])
     tables = [table]
-    if device.type == "cuda":
+    if on_gpu:
         tables.append(_target_table(device, mamba, mamba_note, quick))
     return tables
 

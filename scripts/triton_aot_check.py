@@ -117,7 +117,8 @@ def record_routing_launches(path):
         spec = {"module": self.fn.__module__, "name": self.fn.__name__, "args": {}}
         for name, value in list(zip(names, args)) + list(kwargs.items()):
             if isinstance(value, torch.Tensor):
-                spec["args"][name] = ["tensor", _TORCH_TO_TRITON[str(value.dtype).replace("torch.", "")]]
+                type_name = str(value.dtype).replace("torch.", "")
+                spec["args"][name] = ["tensor", _TORCH_TO_TRITON[type_name]]
             elif isinstance(value, bool):
                 spec["args"][name] = ["bool", value]
             elif isinstance(value, int):
@@ -183,8 +184,8 @@ def routing_variants():
             else:
                 sig[name] = "constexpr"
                 consts[name] = value
-        key = json.dumps([spec["module"], spec["name"], sig, {k: str(v) for k, v in consts.items()}, warps],
-                         sort_keys=True)
+        key = json.dumps([spec["module"], spec["name"], sig,
+                          {k: str(v) for k, v in consts.items()}, warps], sort_keys=True)
         if key not in seen:
             seen.add(key)
             io = next((v[1:] for k, v in sig.items() if v.startswith("*f")), "-")

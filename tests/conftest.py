@@ -34,3 +34,14 @@ def _fresh_seed(request):
     torch.manual_seed(seed)
     random.seed(seed)
     yield
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (modules that run many small ops, like the float64
+    references and the tiny model, use it): on a busy machine torch's thread pool slows small
+    ops down by orders of magnitude."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -13,14 +13,7 @@ from mmhnet.model.interleave import interleave_order
 TINY = get_config("tiny")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many small ops: on a shared machine, more threads than free cores make
-    each of them many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fixed_batch(seconds=4.0, batch=2, seed=0):
@@ -63,8 +56,8 @@ def test_mmhnet_reads_each_visual_frame_at_the_audio_frames_it_covers():
     changed = clips.conditions.visual.clone()
     changed[0, 5] += 1.0
     with torch.no_grad():
-        before = model.encode_conditions(clips.conditions).sync_frames
-        after = model.encode_conditions(clips.conditions._replace(visual=changed)).sync_frames
+        before = model.encode_conditions(clips.conditions).frame_features
+        after = model.encode_conditions(clips.conditions._replace(visual=changed)).frame_features
     moved = (after - before).abs().amax(-1)[0] > 0
     assert moved.nonzero().squeeze(1).tolist() == (visual_index(63, 16, TINY) == 5).nonzero(
         ).squeeze(1).tolist()

@@ -9,14 +9,7 @@ from mmhnet.model import load_checkpoint
 from test_model_features import good_features
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many small ops: on a shared machine, more threads than free cores make
-    each of them many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_presets_lists_parameter_counts(capsys):

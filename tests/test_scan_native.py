@@ -17,14 +17,7 @@ from mmhnet.ops import reference as R
 REV_PARAMS = ("dt", "A", "B", "C")
 
 
-@pytest.fixture(autouse=True)
-def single_threaded_torch():
-    """The float64 reference is made of tiny ops: torch's thread pool only slows them down (by
-    orders of magnitude on a busy machine). The native kernels keep their own threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _inputs(lengths, h, p, g, n, *, dtype=torch.float64, device="cpu", batch=2, **opt):

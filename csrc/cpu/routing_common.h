@@ -92,7 +92,6 @@ inline uint16_t float_to_bfloat16(float f) {
     return static_cast<uint16_t>(x >> 16);
 }
 
-
 inline float load(const float* p, int64_t i) { return p[i]; }
 inline double load(const double* p, int64_t i) { return p[i]; }
 inline float load(const Half* p, int64_t i) { return half_to_float(p[i].bits); }

@@ -19,7 +19,6 @@
 namespace mmhnet {
 namespace routing_cuda {
 
-
 __device__ __forceinline__ float to_compute(float v) { return v; }
 __device__ __forceinline__ double to_compute(double v) { return v; }
 __device__ __forceinline__ float to_compute(__half v) { return __half2float(v); }

@@ -148,12 +148,9 @@ class AttentionBaseline(nn.Module):
 
     def velocity(self, x_t, t, encoded: EncodedConditions):
         """x_t (B, A, latent_dim), t (B,), encoded conditions -> VelocityOutput."""
-        if x_t.shape[:2] != encoded.sync_frames.shape[:2]:
-            raise ValueError(f"x_t has shape {tuple(x_t.shape)} but the conditions are for "
-                             f"{encoded.sync_frames.shape[0]} clips of "
-                             f"{encoded.sync_frames.shape[1]} audio frames")
+        encoded.check_latents(x_t)
         cond = self.conditions.global_condition(encoded, t)
-        audio = self.audio_in(x_t) + encoded.sync_frames
+        audio = self.audio_in(x_t) + encoded.frame_features
         video, text = encoded.video, encoded.text
         audio_rot, video_rot = self._rotations(audio.shape[1], video.shape[1], audio.device)
         for block in self.joint_blocks:

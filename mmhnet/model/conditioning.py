@@ -25,14 +25,22 @@ __all__ = ["EncodedConditions", "ConditionEncoder", "TimestepEmbedding", "Featur
 class EncodedConditions(NamedTuple):
     """Conditions projected to the model width d.
 
-    video (B, V, d) per visual frame; text (B, text_tokens, d); sync_frames (B, A, d) the sync
-    features at each audio frame; pooled (B, d) the global video + text conditioning (without
-    flow time). A is the number of audio frames of the clip.
+    video (B, V, d) per visual frame; text (B, text_tokens, d); frame_features (B, A, d) what
+    is added to each audio frame: the sync features of the frame covering it (MMHNet adds the
+    visual features too); pooled (B, d) the global video + text conditioning (without flow
+    time). A is the number of audio frames of the clip.
     """
     video: torch.Tensor
     text: torch.Tensor
-    sync_frames: torch.Tensor
+    frame_features: torch.Tensor
     pooled: torch.Tensor
+
+    def check_latents(self, x_t):
+        """ValueError unless x_t (B, A, latent_dim) has these conditions' clips and frames."""
+        if x_t.shape[:2] != self.frame_features.shape[:2]:
+            raise ValueError(f"x_t has shape {tuple(x_t.shape)} but the conditions are for "
+                             f"{self.frame_features.shape[0]} clips of "
+                             f"{self.frame_features.shape[1]} audio frames")
 
     @staticmethod
     def cat(items):
@@ -108,9 +116,9 @@ class ConditionEncoder(nn.Module):
         video = self.visual_proj(visual)
         text = self.text_proj(text)
         index = sync_index(counts.audio, counts.sync, self.config, device=sync.device)
-        sync_frames = self.sync_proj(sync).index_select(1, index)
+        frame_features = self.sync_proj(sync).index_select(1, index)
         pooled = self.global_mlp(self.pool_video(video.mean(1)) + self.pool_text(text.mean(1)))
-        return EncodedConditions(video, text, sync_frames, pooled)
+        return EncodedConditions(video, text, frame_features, pooled)
 
     def global_condition(self, encoded, t):
         """adaLN input (B, d): SiLU(pooled conditions + time embedding). t: (B,) in [0, 1]."""

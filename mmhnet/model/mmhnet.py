@@ -88,23 +88,20 @@ class MMHNet(nn.Module):
 
     def encode_conditions(self, conditions, drop_video=None, drop_text=None):
         """Conditions -> EncodedConditions: video tokens already routed with the text;
-        sync_frames carry the sync and the visual features of each audio frame."""
+        frame_features carry the sync and the visual features of each audio frame."""
         enc = self.conditions(conditions, drop_video, drop_text)
-        index = visual_index(enc.sync_frames.shape[1], enc.video.shape[1], self.config,
+        index = visual_index(enc.frame_features.shape[1], enc.video.shape[1], self.config,
                              device=enc.video.device)
-        frames = enc.sync_frames + enc.video.index_select(1, index)
+        frames = enc.frame_features + enc.video.index_select(1, index)
         video, _ = self.modality_router(enc.video, enc.text)
-        return enc._replace(video=video, sync_frames=frames)
+        return enc._replace(video=video, frame_features=frames)
 
     def velocity(self, x_t, t, encoded: EncodedConditions):
         """x_t (B, A, latent_dim), t (B,), encoded conditions of the same clips -> VelocityOutput."""
-        if x_t.shape[:2] != encoded.sync_frames.shape[:2]:
-            raise ValueError(f"x_t has shape {tuple(x_t.shape)} but the conditions are for "
-                             f"{encoded.sync_frames.shape[0]} clips of "
-                             f"{encoded.sync_frames.shape[1]} audio frames")
+        encoded.check_latents(x_t)
         batch, frames = x_t.shape[:2]
         cond = self.conditions.global_condition(encoded, t)
-        h = self.audio_in(x_t) + encoded.sync_frames
+        h = self.audio_in(x_t) + encoded.frame_features
         h = self.encoder(h, cond)
         residual = self.residual_proj(h)
 

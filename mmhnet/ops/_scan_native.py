@@ -109,7 +109,8 @@ class _Call:
 
     def workspace(self, name, numel, zeroed=False):
         """CUDA scratch (flat, compute dtype), kept alive by this call object."""
-        t = (torch.zeros if zeroed else torch.empty)(numel, dtype=self.cd, device=self.inputs["x"].device)
+        make = torch.zeros if zeroed else torch.empty
+        t = make(numel, dtype=self.cd, device=self.inputs["x"].device)
         self.scratch.append(t)
         self.add({name: t})
 

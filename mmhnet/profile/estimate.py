@@ -3,8 +3,9 @@ instead of thrashing the machine.
 
 Memory: the bytes a run's forward pass adds on top of what the process holds (weights, optimizer
 state) are fitted as ``fixed + per_token * tokens`` on measured runs (short probe runs, or the
-longest points of a sweep), then extrapolated; the worker adds the gradients. Time: the seconds of a run are extrapolated from the two longest runs measured so
-far as ``c * tokens ** k``, with k between 1 (linear layers, scans) and 2 (attention).
+longest points of a sweep), then extrapolated; the worker adds the gradients. Time: the seconds
+of a run are extrapolated from the two longest runs measured so far as ``c * tokens ** k``, with
+k between 1 (linear layers, scans) and 2 (attention).
 """
 
 import math

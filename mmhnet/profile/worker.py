@@ -5,7 +5,8 @@ In order: the footprint after the imports; the model (and for training its optim
 run at the first probe duration (lazy initialisation, the optimizer state); the memory model of
 the bytes a run's forward adds (handed in, fitted by the caller on longer runs of the same
 series, or fitted here on probe runs at ``probe_seconds``); the estimate for the requested
-duration (held + gradients + that forward), refused if over the limit; else one run at that duration, measuring its peak memory and time.
+duration (held + gradients + that forward), refused if over the limit; else one run at that
+duration, measuring its peak memory and time.
 Between runs the inputs and gradients are dropped and freed memory handed back, so each run
 starts from the weights and the optimizer state.
 """
