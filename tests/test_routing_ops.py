@@ -308,7 +308,7 @@ def test_empty_inputs(backend):
 @pytest.mark.parametrize("backend", [p for p in backend_params("ema_smooth") if p.values[0] == "cpu"])
 def test_cpu_results_do_not_depend_on_thread_count(backend):
     """The C++ kernels split work by thread count but reduce in a fixed order: one thread and
-    two threads give the same bits (EMA gradients, segment sums)."""
+    two threads give the same bits (EMA gradients, segment sums, chunk_scatter's backward)."""
     import mmhnet._C as C
 
     z = torch.randn(300, 200, dtype=torch.float32, requires_grad=True)
@@ -324,7 +324,16 @@ def test_cpu_results_do_not_depend_on_thread_count(backend):
             e = ema_smooth(z, pc, cu, True, backend=backend)
             grads = torch.autograd.grad(e, (z, pc), dout)
             s = token_scatter(dout, chunk_id[:300], 300, backend=backend)
-            runs.append((e, *grads, s))
+            p_tokens = torch.rand(1000, generator=torch.Generator().manual_seed(0))
+            mask = p_tokens > 0.5
+            mask[0] = True
+            token_chunk = (mask.cumsum(0) - 1).to(torch.int32)
+            zc = torch.randn(int(mask.sum()), 200, generator=torch.Generator().manual_seed(2))
+            zc.requires_grad_(True)
+            p_tokens.requires_grad_(True)
+            y = chunk_scatter(zc, token_chunk, p=p_tokens, mask=mask, backend=backend)
+            dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+            runs.append((e, *grads, s, *torch.autograd.grad(y, (zc, p_tokens), dy)))
     finally:
         C.set_num_threads(before)
     for a, b in zip(*runs):

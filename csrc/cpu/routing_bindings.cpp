@@ -32,10 +32,11 @@ void register_routing_cpu_kernels(py::module_& m) {
           py::arg("seg_is64"), py::arg("order"), py::arg("n"), py::arg("num_segments"),
           py::arg("dim"), py::arg("dtype"), py::arg("dense"), py::arg("out"),
           "Deterministic sum of the rows of each segment (seg_id non-decreasing).");
-    m.def("routing_confidence_grad", &confidence_grad, nogil, py::arg("dz"), py::arg("z_chunks"),
-          py::arg("chunk_id"), py::arg("id_is64"), py::arg("mask"), py::arg("total"),
-          py::arg("num_chunks"), py::arg("dim"), py::arg("dtype"), py::arg("dp"),
-          "Gradient of chunk_scatter's confidence straight-through estimator.");
+    m.def("routing_scatter_backward", &scatter_backward, nogil, py::arg("dz"),
+          py::arg("chunk_id"), py::arg("id_is64"), py::arg("total"), py::arg("num_chunks"),
+          py::arg("dim"), py::arg("dtype"), py::arg("z_chunks"), py::arg("mask"),
+          py::arg("dz_chunks"), py::arg("dp"),
+          "chunk_scatter's backward: per-chunk sums of dz and the confidence gradient, one pass.");
     m.def("routing_ema", &ema_forward, nogil, py::arg("z"), py::arg("p"), py::arg("cu_seqlens"),
           py::arg("nseq"), py::arg("num_chunks"), py::arg("dim"), py::arg("dtype"),
           py::arg("bidirectional"), py::arg("out"), "EMA over the chunks of each sequence.");

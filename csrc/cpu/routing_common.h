@@ -148,6 +148,21 @@ void parallel_ranges(int64_t n, int64_t work, F&& fn) {
 #endif
 }
 
+// Asks for the cache lines of n elements from `row` ahead of their use. Kernels that walk the
+// rows of a (rows, dim) tensor a group of columns at a time touch a new 4 KiB page on nearly
+// every row, and the hardware prefetchers stop at page boundaries.
+template <class T>
+inline void prefetch(const T* row, int64_t n, bool for_write = false) {
+    const char* first = reinterpret_cast<const char*>(row);
+    const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
+    for (int64_t i = 0; i < bytes; i += 64) {
+        if (for_write)
+            __builtin_prefetch(first + i, 1, 3);
+        else
+            __builtin_prefetch(first + i, 0, 3);
+    }
+}
+
 template <class T>
 T* ptr(uintptr_t address) {
     return reinterpret_cast<T*>(address);

@@ -4,12 +4,15 @@
 // Backward (de = dout, or de = dr = dout / 2 when bidirectional):
 //   G_c = de_c + a_{c+1} G_{c+1},  H_c = dr_c + a_{c-1} H_{c-1}
 //   dz_c = p_c (G_c + H_c),  dp_c = sum_d G_c (z_c - e_{c-1}) + H_c (z_c - r_{c+1})
-// One task per (sequence, group of columns) walks its chunks in order; dp is summed per block of
-// 64 columns and then over the blocks in a fixed order, so results do not depend on the thread
-// count.
+//
+// One task per (sequence, group of at most kMaxTaskColumns columns). The left-to-right
+// recurrences (e, and H in the bidirectional backward) are needed while walking right to left:
+// a first sweep keeps only their value entering every block of kBlock chunks, and the
+// right-to-left sweep recomputes them block by block into a cache-resident buffer. So nothing of
+// size (C, D) is written besides the output, and z and dout are read twice.
+// dp is summed per block of kColumnBlock columns and then over the blocks in a fixed order, so
+// results do not depend on the thread count.
 #include <algorithm>
-#include <memory>
-#include <type_traits>
 #include <vector>
 
 #include "cpu/routing_common.h"
@@ -19,12 +22,13 @@ namespace mmhnet {
 namespace routing {
 namespace {
 
-// dp is summed per block of kColumnBlock columns, then over the blocks in order.
-constexpr int64_t kColumnBlock = 64;
+constexpr int64_t kColumnBlock = 64;      // dp partial sums
+constexpr int64_t kMaxTaskColumns = 256;  // a task's block buffers stay in L2
+constexpr int64_t kBlock = 32;            // chunks between stored states
+constexpr int64_t kAhead = 8;             // rows prefetched ahead in left-to-right sweeps
 
-// Columns per task, a multiple of kColumnBlock: whole rows when there are enough sequences to
-// keep every thread busy (a task then streams through contiguous rows), else rows split so that
-// there are about two tasks per thread.
+// Columns per task, a multiple of kColumnBlock: at most kMaxTaskColumns, fewer when there are
+// too few sequences to give every thread about two tasks.
 int64_t task_columns(int64_t dim, int64_t nseq) {
 #ifdef _OPENMP
     const int64_t threads = omp_get_max_threads();
@@ -33,131 +37,167 @@ int64_t task_columns(int64_t dim, int64_t nseq) {
 #endif
     const int64_t blocks = (dim + kColumnBlock - 1) / kColumnBlock;
     const int64_t splits = std::min(blocks, std::max<int64_t>(1, (2 * threads + nseq - 1) / nseq));
-    return (blocks + splits - 1) / splits * kColumnBlock;
+    const int64_t width = (blocks + splits - 1) / splits * kColumnBlock;
+    return std::min(width, kMaxTaskColumns);
 }
 
-// A (C, D) compute-type buffer: `reuse` itself when the storage type is the compute type (the
-// caller's output, about to be overwritten), else uninitialised scratch held in `holder`.
-template <class T>
-compute_t<T>* scratch_or(T* reuse, int64_t size, std::unique_ptr<compute_t<T>[]>& holder) {
-    if constexpr (std::is_same_v<T, compute_t<T>>) {
-        return reuse;
-    } else {
-        holder.reset(new compute_t<T>[static_cast<size_t>(size)]);
-        advise_huge_pages(reinterpret_cast<uintptr_t>(holder.get()),
-                          size * static_cast<int64_t>(sizeof(compute_t<T>)));
-        return holder.get();
+// Calls task(first_chunk, end_chunk, d0, width) for every (sequence, column group), in parallel.
+template <class F>
+void for_each_task(const int32_t* cu, int64_t nseq, int64_t num_chunks, int64_t dim, F&& task) {
+    const int64_t width = task_columns(dim, nseq);
+    const int64_t col_tasks = (dim + width - 1) / width;
+#pragma omp parallel for collapse(2) schedule(dynamic) if (num_chunks * dim >= kMinParallelWork)
+    for (int64_t s = 0; s < nseq; ++s) {
+        for (int64_t ct = 0; ct < col_tasks; ++ct) {
+            const int64_t d0 = ct * width;
+            const int64_t first = cu[s], end = cu[s + 1];
+            if (first < end) task(first, end, d0, std::min(dim, d0 + width) - d0);
+        }
     }
+}
+
+// One step of the EMA on w columns: st = p z + (1 - p) st.
+template <class T>
+inline void ema_step(compute_t<T>* st, const T* z, compute_t<T> p, int64_t w) {
+#pragma omp simd
+    for (int64_t d = 0; d < w; ++d) st[d] = p * load(z, d) + (1 - p) * st[d];
 }
 
 template <class T, bool bidirectional>
 void forward(const T* z, const compute_t<T>* p, const int32_t* cu, int64_t nseq,
              int64_t num_chunks, int64_t dim, T* out) {
     using C = compute_t<T>;
-    const int64_t width = task_columns(dim, nseq);
-    const int64_t col_tasks = (dim + width - 1) / width;
-    // the forward sweep's e, read back (and overwritten in place) by the reverse sweep
-    std::unique_ptr<C[]> holder;
-    C* e_all = bidirectional ? scratch_or(out, num_chunks * dim, holder) : nullptr;
-#pragma omp parallel for collapse(2) schedule(dynamic) if (num_chunks * dim >= kMinParallelWork)
-    for (int64_t s = 0; s < nseq; ++s) {
-        for (int64_t ct = 0; ct < col_tasks; ++ct) {
-            const int64_t d0 = ct * width, w = std::min(dim, d0 + width) - d0;
-            std::vector<C> state(static_cast<size_t>(w), C(0));
-            C* st = state.data();
-            for (int64_t c = cu[s]; c < cu[s + 1]; ++c) {
-                const T* zc = z + c * dim + d0;
-                const C pc = p[c];
-#pragma omp simd
-                for (int64_t d = 0; d < w; ++d) {
-                    st[d] = pc * load(zc, d) + (1 - pc) * st[d];
-                    if constexpr (bidirectional)
-                        e_all[c * dim + d0 + d] = st[d];
-                    else
-                        store(out + c * dim + d0, d, st[d]);
+    auto task = [&](int64_t first, int64_t end, int64_t d0, int64_t w) {
+        std::vector<C> e(static_cast<size_t>(w), C(0));
+        if constexpr (!bidirectional) {
+            for (int64_t c = first; c < end; ++c) {
+                if (c + kAhead < end) {
+                    prefetch(z + (c + kAhead) * dim + d0, w);
+                    prefetch(out + (c + kAhead) * dim + d0, w, true);
                 }
+                ema_step(e.data(), z + c * dim + d0, p[c], w);
+                for (int64_t d = 0; d < w; ++d) store(out + c * dim + d0, d, e[d]);
             }
-            if constexpr (!bidirectional) continue;
-            std::fill(state.begin(), state.end(), C(0));
-            for (int64_t c = cu[s + 1] - 1; c >= cu[s]; --c) {
-                const T* zc = z + c * dim + d0;
-                const C pc = p[c];
+            return;
+        }
+        const int64_t nblocks = (end - first + kBlock - 1) / kBlock;
+        std::vector<C> entering(static_cast<size_t>(nblocks * w));  // e_{b0 - 1} per block
+        for (int64_t c = first; c < end; ++c) {
+            if ((c - first) % kBlock == 0)
+                std::copy(e.begin(), e.end(), entering.begin() + (c - first) / kBlock * w);
+            if (c + kAhead < end) prefetch(z + (c + kAhead) * dim + d0, w);
+            ema_step(e.data(), z + c * dim + d0, p[c], w);
+        }
+        std::vector<C> eb(static_cast<size_t>(kBlock * w)), r(static_cast<size_t>(w), C(0));
+        for (int64_t b = nblocks - 1; b >= 0; --b) {
+            const int64_t b0 = first + b * kBlock, b1 = std::min(end, b0 + kBlock);
+            std::copy_n(entering.begin() + b * w, w, e.begin());
+            for (int64_t c = b0; c < b1; ++c) {
+                ema_step(e.data(), z + c * dim + d0, p[c], w);
+                std::copy(e.begin(), e.end(), eb.begin() + (c - b0) * w);
+            }
+            for (int64_t c = b1 - 1; c >= b0; --c) {
+                // the rows the next (left) block will recompute from
+                if (c - kBlock >= first) prefetch(z + (c - kBlock) * dim + d0, w);
+                if (c - 2 >= first) prefetch(out + (c - 2) * dim + d0, w, true);
+                ema_step(r.data(), z + c * dim + d0, p[c], w);
+                const C* ec = eb.data() + (c - b0) * w;
+                T* oc = out + c * dim + d0;
 #pragma omp simd
-                for (int64_t d = 0; d < w; ++d) {
-                    st[d] = pc * load(zc, d) + (1 - pc) * st[d];
-                    store(out + c * dim + d0, d, (e_all[c * dim + d0 + d] + st[d]) / 2);
-                }
+                for (int64_t d = 0; d < w; ++d) store(oc, d, (ec[d] + r[d]) / 2);
             }
         }
-    }
+    };
+    for_each_task(cu, nseq, num_chunks, dim, task);
 }
 
 template <class T, bool bidirectional>
 void backward(const T* dout, const T* z, const compute_t<T>* p, const int32_t* cu, int64_t nseq,
               int64_t num_chunks, int64_t dim, T* dz, compute_t<T>* dp) {
     using C = compute_t<T>;
-    const int64_t width = task_columns(dim, nseq);
-    const int64_t col_tasks = (dim + width - 1) / width;
     const int64_t col_blocks = (dim + kColumnBlock - 1) / kColumnBlock;
     constexpr C scale = bidirectional ? C(0.5) : C(1);
-    // e_{c-1}, and H_c kept where dz will go (read just before dz overwrites it)
-    std::unique_ptr<C[]> e_prev(new C[static_cast<size_t>(num_chunks * dim)]);
-    advise_huge_pages(reinterpret_cast<uintptr_t>(e_prev.get()),
-                      num_chunks * dim * static_cast<int64_t>(sizeof(C)));
-    std::unique_ptr<C[]> h_holder;
-    C* h_all = bidirectional ? scratch_or(dz, num_chunks * dim, h_holder) : nullptr;
-    std::vector<C> dp_part(static_cast<size_t>(col_blocks * num_chunks), C(0));
-#pragma omp parallel for collapse(2) schedule(dynamic) if (num_chunks * dim >= kMinParallelWork)
-    for (int64_t s = 0; s < nseq; ++s) {
-        for (int64_t ct = 0; ct < col_tasks; ++ct) {
-            const int64_t d0 = ct * width, w = std::min(dim, d0 + width) - d0;
-            const int64_t first = cu[s], end = cu[s + 1];
-            std::vector<C> buffers(static_cast<size_t>(4 * w), C(0));
-            C* e = buffers.data();  // e_{c-1} entering chunk c, then G, r_{c+1}, H
-            C* g = e + w;
-            C* r = g + w;
-            C* h = r + w;
-            // left to right: e_{c-1}, and H_c
-            for (int64_t c = first; c < end; ++c) {
-                const C pc = p[c];
-                const C a_prev = c > first ? 1 - p[c - 1] : C(0);
-                const int64_t row = c * dim + d0;
+    constexpr int64_t kStates = bidirectional ? 2 : 1;  // e, and H
+    std::vector<C> dp_part(static_cast<size_t>(col_blocks * num_chunks));
+    auto task = [&](int64_t first, int64_t end, int64_t d0, int64_t w) {
+        const int64_t nblocks = (end - first + kBlock - 1) / kBlock;
+        // running e and H; their values entering each block; per block e_{c-1} and H_c
+        std::vector<C> run(static_cast<size_t>(kStates * w), C(0));
+        std::vector<C> entering(static_cast<size_t>(nblocks * kStates * w));
+        std::vector<C> block(static_cast<size_t>(kBlock * kStates * w));
+        C* e = run.data();
+        C* h = e + w;  // used when bidirectional
+        // one step left to right: e_{c-1} -> e_c and H_{c-1} -> H_c, recording e_{c-1} in
+        // rec[0, w) and H_c in rec[w, 2w)
+        auto left_step = [&](int64_t c, C* rec) {
+            const C pc = p[c];
+            const C a_prev = c > first ? 1 - p[c - 1] : C(0);
+            const T* zc = z + c * dim + d0;
+            const T* gc = dout + c * dim + d0;
 #pragma omp simd
-                for (int64_t d = 0; d < w; ++d) {
-                    e_prev[row + d] = e[d];
-                    e[d] = pc * load(z, row + d) + (1 - pc) * e[d];
-                    if constexpr (bidirectional) {
-                        h[d] = scale * load(dout, row + d) + a_prev * h[d];
-                        h_all[row + d] = h[d];
-                    }
+            for (int64_t d = 0; d < w; ++d) {
+                rec[d] = e[d];
+                e[d] = pc * load(zc, d) + (1 - pc) * e[d];
+                if constexpr (bidirectional) {
+                    h[d] = scale * load(gc, d) + a_prev * h[d];
+                    rec[w + d] = h[d];
                 }
             }
-            // right to left: G_c and r_{c+1}, then dz and dp's part of each column block
-            for (int64_t c = end - 1; c >= first; --c) {
+        };
+        for (int64_t c = first; c < end; ++c) {
+            if ((c - first) % kBlock == 0)
+                std::copy(run.begin(), run.end(),
+                          entering.begin() + (c - first) / kBlock * kStates * w);
+            if (c + kAhead < end) {
+                prefetch(z + (c + kAhead) * dim + d0, w);
+                if (bidirectional) prefetch(dout + (c + kAhead) * dim + d0, w);
+            }
+            left_step(c, block.data());  // only the states matter here
+        }
+        std::vector<C> carries(static_cast<size_t>(2 * w), C(0));
+        C* g = carries.data();  // G_c, then r_{c+1}
+        C* r = g + w;
+        for (int64_t b = nblocks - 1; b >= 0; --b) {
+            const int64_t b0 = first + b * kBlock, b1 = std::min(end, b0 + kBlock);
+            std::copy_n(entering.begin() + b * kStates * w, kStates * w, run.begin());
+            for (int64_t c = b0; c < b1; ++c) {
+                left_step(c, block.data() + (c - b0) * kStates * w);
+            }
+            for (int64_t c = b1 - 1; c >= b0; --c) {
                 const C pc = p[c];
                 const C a_next = c + 1 < end ? 1 - p[c + 1] : C(0);
-                const int64_t row = c * dim + d0;
-                for (int64_t b0 = 0; b0 < w; b0 += kColumnBlock) {
-                    const int64_t b1 = std::min(w, b0 + kColumnBlock);
+                const C* e_prev = block.data() + (c - b0) * kStates * w;
+                const C* hc = e_prev + w;  // read when bidirectional
+                const T* zc = z + c * dim + d0;
+                const T* gc = dout + c * dim + d0;
+                T* dzc = dz + c * dim + d0;
+                if (c - kBlock >= first) {  // the rows the next (left) block recomputes from
+                    prefetch(zc - kBlock * dim, w);
+                    prefetch(gc - kBlock * dim, w);
+                }
+                if (c - 2 >= first) prefetch(dzc - 2 * dim, w, true);
+                for (int64_t k0 = 0; k0 < w; k0 += kColumnBlock) {
+                    const int64_t k1 = std::min(w, k0 + kColumnBlock);
                     C part = 0;
 #pragma omp simd reduction(+ : part)
-                    for (int64_t d = b0; d < b1; ++d) {
-                        const C zc = load(z, row + d);
-                        g[d] = scale * load(dout, row + d) + a_next * g[d];
+                    for (int64_t d = k0; d < k1; ++d) {
+                        const C zd = load(zc, d);
+                        g[d] = scale * load(gc, d) + a_next * g[d];
                         C total = g[d];
-                        part += g[d] * (zc - e_prev[row + d]);
+                        part += g[d] * (zd - e_prev[d]);
                         if constexpr (bidirectional) {
-                            total += h_all[row + d];
-                            part += h_all[row + d] * (zc - r[d]);
-                            r[d] = pc * zc + (1 - pc) * r[d];
+                            total += hc[d];
+                            part += hc[d] * (zd - r[d]);
+                            r[d] = pc * zd + (1 - pc) * r[d];
                         }
-                        store(dz, row + d, pc * total);
+                        store(dzc, d, pc * total);
                     }
-                    dp_part[((d0 + b0) / kColumnBlock) * num_chunks + c] = part;
+                    dp_part[((d0 + k0) / kColumnBlock) * num_chunks + c] = part;
                 }
             }
         }
-    }
+    };
+    for_each_task(cu, nseq, num_chunks, dim, task);
 #pragma omp parallel for schedule(static) if (num_chunks * col_blocks >= kMinParallelWork)
     for (int64_t c = 0; c < num_chunks; ++c) {
         C acc = 0;

@@ -33,10 +33,12 @@ void gather_rows(uintptr_t src, uintptr_t index, bool index_is64, uintptr_t keep
 // seg_id non-decreasing; order int64. dense: every segment has a row, else absent ones are 0.
 void segment_sum(uintptr_t src, uintptr_t seg_id, bool seg_is64, uintptr_t order, int64_t n,
                  int64_t num_segments, int64_t dim, int dtype, bool dense, uintptr_t out);
+// chunk_scatter's backward in one pass over dz (T, D): dz_chunks[c] = sum of dz[t] over
+// chunk_id[t] == c (chunk_id non-decreasing, every chunk present) and, unless dp is 0,
 // dp[t] = +-sum_d dz[t, d] z_chunks[chunk_id[t], d] (+ where mask[t]); dp compute type.
-void confidence_grad(uintptr_t dz, uintptr_t z_chunks, uintptr_t chunk_id, bool id_is64,
-                     uintptr_t mask, int64_t total, int64_t num_chunks, int64_t dim, int dtype,
-                     uintptr_t dp);
+void scatter_backward(uintptr_t dz, uintptr_t chunk_id, bool id_is64, int64_t total,
+                      int64_t num_chunks, int64_t dim, int dtype, uintptr_t z_chunks,
+                      uintptr_t mask, uintptr_t dz_chunks, uintptr_t dp);
 
 // EMA over the chunks of each sequence; p (C,) compute type.
 void ema_forward(uintptr_t z, uintptr_t p, uintptr_t cu, int64_t nseq, int64_t num_chunks,

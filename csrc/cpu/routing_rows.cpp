@@ -1,5 +1,5 @@
-// Row gathers, the deterministic segment sum, and the confidence gradient of chunk_scatter, on
-// CPU.
+// Row gathers and the deterministic segment sum (with, for chunk_scatter's backward, the
+// confidence gradient in the same pass), on CPU.
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -13,9 +13,34 @@ namespace {
 
 constexpr int64_t kColumnBlock = 64;
 
+// What a segment sum over chunk_scatter's gradient also computes in the same pass (null: nothing):
+// dp[j] = +-src[j] . z_chunks[seg_id[j]], + where mask[j] (the confidence gradient).
+template <class T>
+struct Confidence {
+    const T* z_chunks = nullptr;
+    const uint8_t* mask = nullptr;
+    compute_t<T>* dp = nullptr;
+};
+
+// Columns per task: whole rows when there are enough runs to share out among the threads (and
+// always with the confidence, whose dot products need whole rows); else column groups, a
+// multiple of kColumnBlock, so that there are about four tasks per thread.
+int64_t segment_task_columns(int64_t dim, int64_t runs, bool whole_rows) {
+#ifdef _OPENMP
+    const int64_t threads = omp_get_max_threads();
+#else
+    const int64_t threads = 1;
+#endif
+    if (whole_rows || runs >= 4 * threads) return std::max<int64_t>(dim, 1);
+    const int64_t blocks = (dim + kColumnBlock - 1) / kColumnBlock;
+    const int64_t groups = std::min(blocks, (4 * threads + runs - 1) / std::max<int64_t>(runs, 1));
+    return (blocks + groups - 1) / groups * kColumnBlock;
+}
+
 template <class T>
 void segment_sum_impl(const T* src, uintptr_t seg_id, bool seg_is64, const int64_t* order,
-                      int64_t n, int64_t num_segments, int64_t dim, bool dense, T* out) {
+                      int64_t n, int64_t num_segments, int64_t dim, bool dense, T* out,
+                      Confidence<T> conf) {
     using C = compute_t<T>;
     // runs of equal ids: run r covers positions [begin[r], begin[r + 1])
     std::vector<int64_t> begin;
@@ -36,40 +61,42 @@ void segment_sum_impl(const T* src, uintptr_t seg_id, bool seg_is64, const int64
         for (int64_t s = 0; s < num_segments; ++s)
             if (!written[static_cast<size_t>(s)]) std::memset(out + s * dim, 0, row_bytes);
     }
-    const int64_t col_blocks = (dim + kColumnBlock - 1) / kColumnBlock;
-    // each (run, column block) is summed by one thread, rows in order: deterministic
-#pragma omp parallel for collapse(2) schedule(dynamic, 16) if (n * dim >= kMinParallelWork)
-    for (int64_t r = 0; r < runs; ++r) {
-        for (int64_t cb = 0; cb < col_blocks; ++cb) {
-            int64_t s = load_index(seg_id, seg_is64, begin[r]);
-            if (s < 0 || s >= num_segments) continue;
-            int64_t d0 = cb * kColumnBlock, d1 = std::min(dim, d0 + kColumnBlock);
-            C acc[kColumnBlock] = {};
-            for (int64_t j = begin[r]; j < begin[r + 1]; ++j) {
-                const T* row = src + (order ? order[j] : j) * dim;
-                for (int64_t d = d0; d < d1; ++d) acc[d - d0] += load(row, d);
+    const int64_t width = segment_task_columns(dim, runs, conf.dp != nullptr);
+    const int64_t col_tasks = (dim + width - 1) / width;
+    // each (run, column group) is summed by one thread, rows in order: deterministic
+#pragma omp parallel if (n * dim >= kMinParallelWork)
+    {
+        std::vector<C> acc(static_cast<size_t>(width));
+#pragma omp for collapse(2) schedule(dynamic, 8)
+        for (int64_t r = 0; r < runs; ++r) {
+            for (int64_t ct = 0; ct < col_tasks; ++ct) {
+                const int64_t s = load_index(seg_id, seg_is64, begin[r]);
+                const bool valid = s >= 0 && s < num_segments;
+                const int64_t d0 = ct * width, w = std::min(dim, d0 + width) - d0;
+                const T* z = valid && conf.dp ? conf.z_chunks + s * dim : nullptr;
+                C* a = acc.data();
+                std::fill_n(a, w, C(0));
+                for (int64_t j = begin[r]; j < begin[r + 1]; ++j) {
+                    const T* row = src + (order ? order[j] : j) * dim + d0;
+                    if (z) {
+                        C dot = 0;
+#pragma omp simd reduction(+ : dot)
+                        for (int64_t d = 0; d < w; ++d) {
+                            const C v = load(row, d);
+                            a[d] += v;
+                            dot += v * load(z, d);
+                        }
+                        conf.dp[j] = conf.mask[j] ? dot : -dot;
+                    } else {
+#pragma omp simd
+                        for (int64_t d = 0; d < w; ++d) a[d] += load(row, d);
+                        if (conf.dp) conf.dp[j] = 0;
+                    }
+                }
+                if (valid)
+                    for (int64_t d = 0; d < w; ++d) store(out + s * dim + d0, d, a[d]);
             }
-            for (int64_t d = d0; d < d1; ++d) store(out + s * dim, d, acc[d - d0]);
         }
-    }
-}
-
-template <class T>
-void confidence_grad_impl(const T* dz, const T* zc, uintptr_t chunk_id, bool id_is64,
-                          const uint8_t* mask, int64_t total, int64_t num_chunks, int64_t dim,
-                          compute_t<T>* dp) {
-    using C = compute_t<T>;
-#pragma omp parallel for schedule(static) if (total * dim >= kMinParallelWork)
-    for (int64_t t = 0; t < total; ++t) {
-        int64_t c = load_index(chunk_id, id_is64, t);
-        C acc = 0;
-        if (c >= 0 && c < num_chunks) {
-            const T* g = dz + t * dim;
-            const T* z = zc + c * dim;
-#pragma omp simd reduction(+ : acc)
-            for (int64_t d = 0; d < dim; ++d) acc += load(g, d) * load(z, d);
-        }
-        dp[t] = mask[t] ? acc : -acc;
     }
 }
 
@@ -98,18 +125,19 @@ void segment_sum(uintptr_t src, uintptr_t seg_id, bool seg_is64, uintptr_t order
         using T = decltype(tag);
         advise_huge_pages(out, num_segments * dim * static_cast<int64_t>(sizeof(T)));
         segment_sum_impl<T>(ptr<const T>(src), seg_id, seg_is64, ptr<const int64_t>(order), n,
-                            num_segments, dim, dense, ptr<T>(out));
+                            num_segments, dim, dense, ptr<T>(out), Confidence<T>{});
     });
 }
 
-void confidence_grad(uintptr_t dz, uintptr_t z_chunks, uintptr_t chunk_id, bool id_is64,
-                     uintptr_t mask, int64_t total, int64_t num_chunks, int64_t dim, int dtype,
-                     uintptr_t dp) {
-    dispatch(dtype, "routing_confidence_grad", [&](auto tag) {
+void scatter_backward(uintptr_t dz, uintptr_t chunk_id, bool id_is64, int64_t total,
+                      int64_t num_chunks, int64_t dim, int dtype, uintptr_t z_chunks,
+                      uintptr_t mask, uintptr_t dz_chunks, uintptr_t dp) {
+    dispatch(dtype, "routing_scatter_backward", [&](auto tag) {
         using T = decltype(tag);
-        confidence_grad_impl<T>(ptr<const T>(dz), ptr<const T>(z_chunks), chunk_id, id_is64,
-                                ptr<const uint8_t>(mask), total, num_chunks, dim,
-                                ptr<compute_t<T>>(dp));
+        Confidence<T> conf;
+        if (dp) conf = {ptr<const T>(z_chunks), ptr<const uint8_t>(mask), ptr<compute_t<T>>(dp)};
+        segment_sum_impl<T>(ptr<const T>(dz), chunk_id, id_is64, nullptr, total, num_chunks, dim,
+                            true, ptr<T>(dz_chunks), conf);
     });
 }
 

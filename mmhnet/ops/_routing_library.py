@@ -209,10 +209,13 @@ def _chunk_scatter_bwd(dz: torch.Tensor, z_chunks: torch.Tensor, chunk_id: torch
                        ) -> Tuple[torch.Tensor, torch.Tensor]:
     impl = backend_module(backend)
     dz = dz.contiguous()
-    dz_chunks = impl.segment_sum(dz, chunk_id, z_chunks.shape[0], None).to(z_chunks.dtype)
-    if p is None:
-        return dz_chunks, dz.new_empty(0)
-    return dz_chunks, impl.confidence_grad(dz, z_chunks, chunk_id, mask).to(p.dtype)
+    if hasattr(impl, "scatter_backward"):
+        dz_chunks, dp = impl.scatter_backward(dz, z_chunks, chunk_id, mask)
+    else:
+        dz_chunks = impl.segment_sum(dz, chunk_id, z_chunks.shape[0], None)
+        dp = None if p is None else impl.confidence_grad(dz, z_chunks, chunk_id, mask)
+    dz_chunks = dz_chunks.to(z_chunks.dtype)
+    return dz_chunks, dz.new_empty(0) if p is None else dp.to(p.dtype)
 
 
 @_chunk_scatter_bwd.register_fake

@@ -104,6 +104,7 @@ def segment_sum(src, seg_id, num_segments, order):
 
 
 def confidence_grad(dz, z_chunks, chunk_id, mask):
+    """CUDA only: on CPU scatter_backward computes it in the segment sum's pass."""
     dz, z_chunks = dz.contiguous(), z_chunks.contiguous()
     if dz.dtype != z_chunks.dtype:
         dz = dz.to(z_chunks.dtype)
@@ -113,6 +114,24 @@ def confidence_grad(dz, z_chunks, chunk_id, mask):
           chunk_id.data_ptr(), is64, mask.contiguous().data_ptr(), dz.shape[0],
           z_chunks.shape[0], z_chunks.shape[1], DTYPE_CODES[z_chunks.dtype], dp.data_ptr())
     return dp
+
+
+def scatter_backward(dz, z_chunks, chunk_id, mask):
+    """chunk_scatter's backward: (per-chunk sums of dz, confidence gradient or None). On CPU one
+    pass over dz does both."""
+    if dz.device.type != "cpu":
+        dz_chunks = segment_sum(dz, chunk_id, z_chunks.shape[0], None)
+        return dz_chunks, None if mask is None else confidence_grad(dz, z_chunks, chunk_id, mask)
+    z_chunks = z_chunks.contiguous()
+    dz = dz.to(z_chunks.dtype).contiguous()
+    chunk_id, is64 = _index(chunk_id)
+    dz_chunks = empty(z_chunks.shape, z_chunks.dtype, dz.device)
+    dp = None if mask is None else empty((dz.shape[0],), _cd(z_chunks), dz.device)
+    _call("routing_scatter_backward", dz.device, dz.data_ptr(), chunk_id.data_ptr(), is64,
+          dz.shape[0], z_chunks.shape[0], z_chunks.shape[1], DTYPE_CODES[z_chunks.dtype],
+          z_chunks.data_ptr(), _addr(None if mask is None else mask.contiguous()),
+          dz_chunks.data_ptr(), _addr(dp))
+    return dz_chunks, dp
 
 
 def ema(z, p, cu, bidirectional):
