@@ -154,6 +154,23 @@ def round_trip_step(a, ours=True):
     return _step(ours_forward if ours else torch_forward, (q, k, x))
 
 
+def round_trip_bytes(tokens, dim, num_chunks, itemsize):
+    """The least memory traffic of the round trip, forward+backward, if every (tokens, dim) and
+    (chunks, dim) tensor were read or written exactly once per use: 9 (T, dim) passes (q, k read
+    twice; y, dy, dx, dq, dk once) and 11 (C, dim) passes (the gathered rows, the EMA's inputs,
+    outputs and gradients)."""
+    return itemsize * dim * (9 * tokens + 11 * num_chunks)
+
+
+def copy_bandwidth(device, dtype, elements=1 << 26):
+    """Bytes per second (read + write) of a copy between two tensors far larger than the last-level
+    cache (256 MB each in float32): the memory bandwidth a streaming kernel can hope for."""
+    src = torch.randn(elements, device=device).to(dtype)
+    dst = torch.empty_like(src)
+    seconds = time_fn(lambda: dst.copy_(src), device, reps=5)
+    return 2 * src.numel() * src.element_size() / seconds
+
+
 def scan_step(tokens, cu, device, dtype):
     """One bi_selective_scan forward+backward (default backend) on the same packed tokens."""
     g = torch.Generator(device="cpu").manual_seed(1)
@@ -182,7 +199,7 @@ def run(device="cpu", quick=False):
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     tokens_list = TOKENS[:1] if quick else TOKENS
     dims = DIMS[-1:] if quick else DIMS
-    reps = 3
+    reps = 5
     backends = _backends(device)
     noise = ("Timings on a shared machine (other engineers' jobs running): noisy, read ratios "
              "loosely." if device.type == "cpu" else "")
@@ -198,9 +215,12 @@ def run(device="cpu", quick=False):
         "Target: chunk -> dechunk round trip fwd+bwd vs ONE bi_selective_scan fwd+bwd "
         f"({SCAN_HEADS} heads x headdim {SCAN_HEADDIM}, dstate {SCAN_DSTATE}), default backends",
         ["tokens", "dim", "round trip ms", "torch round trip ms", "bi_selective_scan ms",
-         "round trip / scan"],
+         "round trip / scan", "traffic floor ms", "floor / scan"],
         note=f"Round trip = route_boundaries, chunk_gather (x and p), bidirectional ema_smooth, "
-             f"chunk_scatter with the confidence STE; target: round trip / scan < 10%. {noise}")
+             f"chunk_scatter with the confidence STE; target: round trip / scan < 10%. Traffic "
+             f"floor = the bytes the round trip must move (9 (tokens, dim) and 11 (chunks, dim) "
+             f"passes) at the copy bandwidth measured in this run. {noise}")
+    bandwidth = None
     for tokens in tokens_list:
         for dim in dims:
             a = make_inputs(tokens, dim, device, dtype)
@@ -218,7 +238,12 @@ def run(device="cpu", quick=False):
                 trip = time_fn(round_trip_step(a), device, reps=reps)
                 trip_torch = time_fn(round_trip_step(a, ours=False), device, reps=reps)
                 scan = time_fn(scan_step(tokens, a["cu"], device, dtype), device, warmup=1, reps=reps)
+                if bandwidth is None:
+                    bandwidth = copy_bandwidth(device, dtype)
+                floor = round_trip_bytes(tokens, dim, a["num_chunks"], a["x"].element_size()) / bandwidth
                 target.add(tokens, dim, fmt_ms(trip), fmt_ms(trip_torch), fmt_ms(scan),
-                           f"{trip / scan:.1%}")
+                           f"{trip / scan:.1%}", fmt_ms(floor), f"{floor / scan:.1%}")
             del a
+    if bandwidth is not None:
+        target.note += f" Copy bandwidth here: {bandwidth / 1e9:.0f} GB/s."
     return [ops_table, target]
