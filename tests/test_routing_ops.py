@@ -305,6 +305,27 @@ def test_empty_inputs(backend):
     assert torch.equal(out, torch.zeros(3, 5, device=dev))
 
 
+@pytest.mark.parametrize("backend", backend_params("chunk_gather"))
+def test_zero_width_rows(backend):
+    """dim 0: the rows are empty but the per-token results are not (the confidence gradient and
+    dp of the EMA are sums over no columns: 0)."""
+    dev = backend_device(backend)
+    mask = torch.tensor([True, False, True, False, False], device=dev)
+    chunk_id = torch.tensor([0, 0, 1, 1, 1], dtype=torch.int32, device=dev)
+    z = torch.zeros(2, 0, device=dev, requires_grad=True)
+    p = torch.rand(5, device=dev, requires_grad=True)
+    y = chunk_scatter(z, chunk_id, p=p, mask=mask, backend=backend)
+    dz, dp = torch.autograd.grad(y, (z, p), torch.zeros_like(y))
+    assert y.shape == (5, 0) and dz.shape == (2, 0) and torch.equal(dp, torch.zeros_like(p))
+    pc = torch.rand(2, device=dev, requires_grad=True)
+    cu = torch.tensor([0, 2], dtype=torch.int32, device=dev)
+    e = ema_smooth(z, pc, cu, True, backend=None if backend == "cuda" else backend)
+    (dpc,) = torch.autograd.grad(e, (pc,), torch.zeros_like(e))
+    assert e.shape == (2, 0) and torch.equal(dpc, torch.zeros_like(pc))
+    out = token_scatter(z, torch.tensor([1, 1], device=dev), 3, backend=backend)
+    assert out.shape == (3, 0)
+
+
 @pytest.mark.parametrize("backend", [p for p in backend_params("ema_smooth") if p.values[0] == "cpu"])
 def test_cpu_results_do_not_depend_on_thread_count(backend):
     """The C++ kernels split work by thread count but reduce in a fixed order: one thread and

@@ -35,7 +35,7 @@ int64_t task_columns(int64_t dim, int64_t nseq) {
 #else
     const int64_t threads = 1;
 #endif
-    const int64_t blocks = (dim + kColumnBlock - 1) / kColumnBlock;
+    const int64_t blocks = std::max<int64_t>(1, (dim + kColumnBlock - 1) / kColumnBlock);
     const int64_t splits = std::min(blocks, std::max<int64_t>(1, (2 * threads + nseq - 1) / nseq));
     const int64_t width = (blocks + splits - 1) / splits * kColumnBlock;
     return std::min(width, kMaxTaskColumns);

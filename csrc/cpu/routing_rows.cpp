@@ -31,7 +31,7 @@ int64_t segment_task_columns(int64_t dim, int64_t runs, bool whole_rows) {
 #else
     const int64_t threads = 1;
 #endif
-    if (whole_rows || runs >= 4 * threads) return std::max<int64_t>(dim, 1);
+    if (dim == 0 || whole_rows || runs >= 4 * threads) return std::max<int64_t>(dim, 1);
     const int64_t blocks = (dim + kColumnBlock - 1) / kColumnBlock;
     const int64_t groups = std::min(blocks, (4 * threads + runs - 1) / std::max<int64_t>(runs, 1));
     return (blocks + groups - 1) / groups * kColumnBlock;
@@ -62,7 +62,8 @@ void segment_sum_impl(const T* src, uintptr_t seg_id, bool seg_is64, const int64
             if (!written[static_cast<size_t>(s)]) std::memset(out + s * dim, 0, row_bytes);
     }
     const int64_t width = segment_task_columns(dim, runs, conf.dp != nullptr);
-    const int64_t col_tasks = (dim + width - 1) / width;
+    // (one task per run when dim is 0: the confidence gradient is still written, as 0)
+    const int64_t col_tasks = std::max<int64_t>(1, (dim + width - 1) / width);
     // each (run, column group) is summed by one thread, rows in order: deterministic
 #pragma omp parallel if (n * dim >= kMinParallelWork)
     {
