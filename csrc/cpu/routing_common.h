@@ -131,6 +131,15 @@ inline void advise_huge_pages(uintptr_t address, int64_t bytes) {
 #endif
 }
 
+// The number of threads the next parallel region gets (1 without OpenMP).
+inline int64_t max_threads() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
 // Calls fn(lo, hi) on contiguous ranges covering [0, n), one per OpenMP thread (one range on
 // one thread when `work` is below kMinParallelWork).
 template <class F>

@@ -30,11 +30,7 @@ constexpr int64_t kAhead = 8;             // rows prefetched ahead in left-to-ri
 // Columns per task, a multiple of kColumnBlock: at most kMaxTaskColumns, fewer when there are
 // too few sequences to give every thread about two tasks.
 int64_t task_columns(int64_t dim, int64_t nseq) {
-#ifdef _OPENMP
-    const int64_t threads = omp_get_max_threads();
-#else
-    const int64_t threads = 1;
-#endif
+    const int64_t threads = max_threads();
     const int64_t blocks = std::max<int64_t>(1, (dim + kColumnBlock - 1) / kColumnBlock);
     const int64_t splits = std::min(blocks, std::max<int64_t>(1, (2 * threads + nseq - 1) / nseq));
     const int64_t width = (blocks + splits - 1) / splits * kColumnBlock;
@@ -150,7 +146,7 @@ void backward(const T* dout, const T* z, const compute_t<T>* p, const int32_t* c
                           entering.begin() + (c - first) / kBlock * kStates * w);
             if (c + kAhead < end) {
                 prefetch(z + (c + kAhead) * dim + d0, w);
-                if (bidirectional) prefetch(dout + (c + kAhead) * dim + d0, w);
+                if constexpr (bidirectional) prefetch(dout + (c + kAhead) * dim + d0, w);
             }
             left_step(c, block.data());  // only the states matter here
         }

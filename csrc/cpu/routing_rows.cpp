@@ -26,11 +26,7 @@ struct Confidence {
 // always with the confidence, whose dot products need whole rows); else column groups, a
 // multiple of kColumnBlock, so that there are about four tasks per thread.
 int64_t segment_task_columns(int64_t dim, int64_t runs, bool whole_rows) {
-#ifdef _OPENMP
-    const int64_t threads = omp_get_max_threads();
-#else
-    const int64_t threads = 1;
-#endif
+    const int64_t threads = max_threads();
     if (dim == 0 || whole_rows || runs >= 4 * threads) return std::max<int64_t>(dim, 1);
     const int64_t blocks = (dim + kColumnBlock - 1) / kColumnBlock;
     const int64_t groups = std::min(blocks, (4 * threads + runs - 1) / std::max<int64_t>(runs, 1));

@@ -209,11 +209,12 @@ def _chunk_scatter_bwd(dz: torch.Tensor, z_chunks: torch.Tensor, chunk_id: torch
                        ) -> Tuple[torch.Tensor, torch.Tensor]:
     impl = backend_module(backend)
     dz = dz.contiguous()
-    if hasattr(impl, "scatter_backward"):
-        dz_chunks, dp = impl.scatter_backward(dz, z_chunks, chunk_id, mask)
-    else:
-        dz_chunks = impl.segment_sum(dz, chunk_id, z_chunks.shape[0], None)
-        dp = None if p is None else impl.confidence_grad(dz, z_chunks, chunk_id, mask)
+    fused = getattr(impl, "scatter_backward", None)
+    grads = fused(dz, z_chunks, chunk_id, mask) if fused else None
+    if grads is None:
+        grads = (impl.segment_sum(dz, chunk_id, z_chunks.shape[0], None),
+                 None if p is None else impl.confidence_grad(dz, z_chunks, chunk_id, mask))
+    dz_chunks, dp = grads
     dz_chunks = dz_chunks.to(z_chunks.dtype)
     return dz_chunks, dz.new_empty(0) if p is None else dp.to(p.dtype)
 

@@ -117,11 +117,11 @@ def confidence_grad(dz, z_chunks, chunk_id, mask):
 
 
 def scatter_backward(dz, z_chunks, chunk_id, mask):
-    """chunk_scatter's backward: (per-chunk sums of dz, confidence gradient or None). On CPU one
-    pass over dz does both."""
+    """chunk_scatter's backward: (per-chunk sums of dz, confidence gradient or None), one pass
+    over dz on CPU; None on CUDA, which has no fused kernel (the library then runs segment_sum
+    and confidence_grad)."""
     if dz.device.type != "cpu":
-        dz_chunks = segment_sum(dz, chunk_id, z_chunks.shape[0], None)
-        return dz_chunks, None if mask is None else confidence_grad(dz, z_chunks, chunk_id, mask)
+        return None
     z_chunks = z_chunks.contiguous()
     dz = dz.to(z_chunks.dtype).contiguous()
     chunk_id, is64 = _index(chunk_id)

@@ -17,7 +17,8 @@ Every backend module of the routing ops (``_routing_reference``, ``_routing_trit
     confidence_grad(dz, z_chunks, chunk_id, mask) -> dp (T,): +-sum_d dz[t] z_chunks[chunk_id[t]]
     scatter_backward(dz, z_chunks, chunk_id, mask) -> (segment_sum(dz, chunk_id, C, None),
                                                  confidence_grad or None when mask is None);
-                                                 optional: a backend that fuses the two passes
+                                                 optional, for a backend that fuses the two
+                                                 passes; None where it has no fused kernel
     ema(z, p, cu, bidirectional)              -> (C, dim)
     ema_backward(de, z, p, cu, bidirectional) -> dz, dp
     gather_rows(x, index)                     -> x[index]
