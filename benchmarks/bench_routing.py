@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from mmhnet.ops import (bi_selective_scan, chunk_gather, chunk_scatter, ema_smooth, ratio_loss,
-                        reference, route_boundaries, token_gather, token_scatter)
+                        reference, route_and_gather, route_boundaries, token_gather,
+                        token_scatter)
 from mmhnet.ops._backend import native_module
 
 from .common import Table, fmt_ms, time_fn
@@ -89,6 +90,11 @@ def _step(forward, leaves):
     return step
 
 
+def _floats(outs):
+    """The differentiable outputs (p, x_chunks, p_chunks) of route_and_gather."""
+    return outs[0], outs[2], outs[5]
+
+
 def op_steps(name, a, backend):
     """(ours, torch) forward+backward callables of one op on inputs ``a``."""
     if name == "route_boundaries":
@@ -99,6 +105,15 @@ def op_steps(name, a, backend):
         x = _leaf(a["x"])
         return (_step(lambda: chunk_gather(x, a["mask"], a["cu"], backend=backend)[0], (x,)),
                 _step(lambda: reference.chunk_gather_reference(x, a["mask"], a["cu"])[0], (x,)))
+    if name == "route_and_gather":
+        q, k, x = _leaf(a["q"]), _leaf(a["k"]), _leaf(a["x"])
+
+        def torch_route_and_gather():
+            p, mask = reference.route_boundaries_reference(q, k, a["cu"])
+            return p, reference.chunk_gather_reference(x, mask, a["cu"])[0], p[mask]
+        return (_step(lambda: _floats(route_and_gather(q, k, x, a["cu"], backend=backend)),
+                      (q, k, x)),
+                _step(torch_route_and_gather, (q, k, x)))
     if name == "chunk_scatter+ste":
         z = _leaf(a["x"][: a["num_chunks"]])
         p = _leaf(a["p"])
@@ -129,8 +144,8 @@ def op_steps(name, a, backend):
     raise ValueError(name)
 
 
-OPS = ("route_boundaries", "chunk_gather", "chunk_scatter+ste", "ema_smooth (bi)",
-       "token_gather", "token_scatter", "ratio_loss")
+OPS = ("route_boundaries", "chunk_gather", "route_and_gather", "chunk_scatter+ste",
+       "ema_smooth (bi)", "token_gather", "token_scatter", "ratio_loss")
 
 
 def round_trip_step(a, ours=True):
@@ -140,8 +155,7 @@ def round_trip_step(a, ours=True):
     cu = a["cu"]
 
     def ours_forward():
-        p, mask = route_boundaries(q, k, cu)
-        xc, chunk_cu, chunk_id, pc = chunk_gather(x, mask, cu, p=p)
+        p, mask, xc, chunk_cu, chunk_id, pc = route_and_gather(q, k, x, cu)
         e = ema_smooth(xc, pc.clamp(1e-4, 1 - 1e-4), chunk_cu, True)
         return chunk_scatter(e, chunk_id, p=p, mask=mask)
 
@@ -216,7 +230,8 @@ def run(device="cpu", quick=False):
         f"({SCAN_HEADS} heads x headdim {SCAN_HEADDIM}, dstate {SCAN_DSTATE}), default backends",
         ["tokens", "dim", "round trip ms", "torch round trip ms", "bi_selective_scan ms",
          "round trip / scan", "traffic floor ms", "floor / scan"],
-        note=f"Round trip = route_boundaries, chunk_gather (x and p), bidirectional ema_smooth, "
+        note=f"Round trip = route_and_gather (route_boundaries + chunk_gather of x and p), "
+                 f"bidirectional ema_smooth, "
              f"chunk_scatter with the confidence STE; target: round trip / scan < 10%. Traffic "
              f"floor = the bytes the round trip must move (9 (tokens, dim) and 11 (chunks, dim) "
              f"passes) at the copy bandwidth measured in this run. {noise}")

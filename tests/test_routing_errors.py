@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mmhnet.ops import (BackendUnavailableError, chunk_gather, chunk_scatter, ema_smooth,
-                        ratio_loss, route_boundaries, token_gather, token_scatter)
+                        ratio_loss, route_and_gather, route_boundaries, token_gather,
+                        token_scatter)
 from routing_cases import backend_device, backend_params
 
 
@@ -37,11 +38,29 @@ def test_inconsistent_cu_seqlens(backend, cu, match):
     q = torch.randn(6, 4, device=dev)
     with pytest.raises(ValueError, match=match):
         route_boundaries(q, q, cu.to(dev), backend=backend)
+    with pytest.raises(ValueError, match=match):
+        route_and_gather(q, q, q, cu.to(dev), backend=backend)
     mask = torch.ones(6, dtype=torch.bool, device=dev)
     with pytest.raises(ValueError, match=match):
         chunk_gather(q, mask, cu.to(dev), backend=backend)
     with pytest.raises(ValueError, match="chunk_cu_seqlens " + match):
         ema_smooth(q, torch.full((6,), 0.5, device=dev), cu.to(dev), backend=backend)
+
+
+def test_route_and_gather_bad_arguments():
+    q = torch.randn(6, 4)
+    with pytest.raises(ValueError, match=r"k must have shape \(6, 4\)"):
+        route_and_gather(q, torch.randn(6, 3), q)
+    with pytest.raises(ValueError, match=r"x must have shape \(6, \*\), got \(5, 4\)"):
+        route_and_gather(q, q, torch.randn(5, 4))
+    with pytest.raises(ValueError, match=r"x must have shape \(6, \*\), got \(6,\)"):
+        route_and_gather(q, q, torch.randn(6))
+    with pytest.raises(TypeError, match="x must have a floating-point dtype"):
+        route_and_gather(q, q, torch.ones(6, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="x is on meta but q is on cpu"):
+        route_and_gather(q, q, torch.randn(6, 2, device="meta"))
+    with pytest.raises(TypeError, match="cu_seqlens must have one of"):
+        route_and_gather(q, q, q, torch.tensor([0.0, 6.0]))
 
 
 def test_chunk_gather_bad_mask():

@@ -31,6 +31,8 @@ def test_opcheck(backend):
         (mm.route_boundaries, (_grad(a["q"]), _grad(a["k"]), a["cu"], backend)),
         (mm.chunk_gather, (_grad(a["x"]), a["mask"], a["cu"], _grad(a["p"]), backend)),
         (mm.chunk_gather, (a["x"], a["mask"], None, None, backend)),
+        (mm.route_and_gather, (_grad(a["q"]), _grad(a["k"]), _grad(a["x"]), a["cu"], backend)),
+        (mm.route_and_gather, (a["q"], a["k"], a["x"], None, backend)),
         (mm.chunk_expand, (a["z"], a["chunk_id"], a["mask"], backend)),
         (mm.chunk_scatter, (_grad(a["z"]), a["chunk_id"], _grad(a["p"]), a["mask"], backend)),
         (mm.chunk_scatter, (_grad(a["z"]), a["chunk_id"], None, None, backend)),
@@ -57,7 +59,8 @@ def test_opcheck(backend):
     for op, args in cases:
         # data-dependent output size: the AOT tests trace without a shape environment, which
         # cannot hold the unbacked size (test_compile_chunk_gather covers tracing it)
-        skip = ("test_aot_dispatch_static", "test_aot_dispatch_dynamic") if op is mm.chunk_gather else ()
+        skip = (("test_aot_dispatch_static", "test_aot_dispatch_dynamic")
+                if op in (mm.chunk_gather, mm.route_and_gather) else ())
         tests = [t for t in ("test_schema", "test_autograd_registration", "test_faketensor",
                              "test_aot_dispatch_static", "test_aot_dispatch_dynamic")
                  if t not in skip]
@@ -96,3 +99,11 @@ def test_compile_chunk_gather():
     eager = gather_and_back(a["x"], a["mask"], a["cu"])
     compiled = torch.compile(gather_and_back, fullgraph=True, backend="aot_eager")
     assert torch.equal(compiled(a["x"], a["mask"], a["cu"]), eager)
+
+    def route_gather_and_back(q, k, x, cu):
+        p, mask, xc, chunk_cu, chunk_id, pc = ops.route_and_gather(q, k, x, cu)
+        return ops.chunk_scatter(xc * pc[:, None], chunk_id, p=p, mask=mask)
+
+    args = (a["q"], a["k"], a["x"], a["cu"])
+    compiled = torch.compile(route_gather_and_back, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(*args), route_gather_and_back(*args))

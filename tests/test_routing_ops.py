@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from helpers import TOL, assert_close_rel, random_cu_seqlens
-from mmhnet.ops import (chunk_gather, chunk_scatter, ema_smooth, ratio_loss, route_boundaries,
-                        token_gather, token_scatter)
+from mmhnet.ops import (chunk_gather, chunk_scatter, ema_smooth, ratio_loss, route_and_gather,
+                        route_boundaries, token_gather, token_scatter)
 from mmhnet.ops import reference as ref
-from routing_cases import CASES, DTYPES, backend_device, backend_params, make_case
+from routing_cases import (CASES, DTYPES, backend_device, backend_params, make_case,
+                           make_packed)
 
 CASE_NAMES = list(CASES)
 
@@ -100,6 +101,61 @@ def test_chunk_gather(backend, dtype, case):
 
     xc2, ccu2, cid2 = chunk_gather(xb, mask.to(dev), cu.to(dev), backend=backend)
     assert torch.equal(xc2, xc) and torch.equal(cid2, cid)
+
+
+def _check_route_and_gather(backend, dtype, q, k, x, cu):
+    """route_and_gather on ``backend`` against route_boundaries_reference + chunk_gather_reference:
+    values, and the gradients of q, k, x under random upstream gradients of p, x_chunks and
+    p_chunks. The chunk outputs are compared with the reference gathered by the op's own mask
+    (a decision within rounding of 0.5 may differ from the float64 one)."""
+    dev = backend_device(backend)
+    q, k, x = (t.to(dtype).double() for t in (q, k, x))  # what the kernels see
+    leaves = [_leaf(t, dtype, dev) for t in (q, k, x)]
+    p, mask, xc, ccu, cid, pc = route_and_gather(*leaves, cu.to(dev), backend=backend)
+    assert mask.dtype == torch.bool and ccu.dtype == cid.dtype == torch.int32 and xc.dtype == dtype
+    assert p.dtype == pc.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+
+    qr, kr, xr = (_leaf(t) for t in (q, k, x))
+    p_ref, m_ref = ref.route_boundaries_reference(qr, kr, cu)
+    assert_close_rel(p.detach().cpu(), p_ref.detach(), TOL[torch.float32] if dtype != torch.float64
+                     else TOL[dtype], "p")
+    clear = (p_ref - 0.5).abs() > 1e-4
+    mask = mask.cpu()
+    assert torch.equal(mask[clear], m_ref[clear])
+    xc_ref, ccu_ref, cid_ref = ref.chunk_gather_reference(xr, mask, cu)
+    assert torch.equal(ccu.cpu(), ccu_ref) and torch.equal(cid.cpu(), cid_ref)
+    assert torch.equal(xc.detach().cpu().double(), xc_ref.detach())
+    assert torch.equal(pc.detach().cpu(), p.detach().cpu()[mask])
+
+    ups = [torch.randn(t.shape, dtype=torch.float64) for t in (p_ref, xc_ref, xc_ref[:, 0])]
+    loss_ref = (p_ref * ups[0]).sum() + (xc_ref * ups[1]).sum() + (p_ref[mask] * ups[2]).sum()
+    grads_ref = _grads(loss_ref, (qr, kr, xr), None)
+    grads = _grads((p, xc, pc), leaves, [u.to(device=dev, dtype=t.dtype)
+                                         for u, t in zip(ups, (p, xc, pc))])
+    floor = (ups[0].norm() / q.norm(dim=-1).mean()).item()
+    for name, g, g_ref in zip(("dq", "dk", "dx"), grads, grads_ref):
+        assert g.dtype == dtype
+        _assert_close_floor(g.cpu(), g_ref, TOL[dtype], floor, name)
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+@pytest.mark.parametrize("backend,dtype", _dtype_params("route_and_gather"))
+def test_route_and_gather(backend, dtype, case):
+    q, k, x, cu = make_case(case)
+    _check_route_and_gather(backend, dtype, q, k, x, cu)
+
+
+@pytest.mark.parametrize("kind", ["random", "opposite", "same"])
+@pytest.mark.parametrize("backend", [b for b in backend_params("route_and_gather")
+                                     if b.values[0] != "triton"])
+def test_route_and_gather_many_tiles(backend, kind):
+    """Sequences across the fused CUDA kernel's tiles of 64 tokens (the look-back chains the
+    counts; a chunk offset is written by the tile of the token before it), empty and length-1
+    sequences at tile edges. The triton backend runs the same kernels as route_boundaries and
+    chunk_gather, tested on long inputs there."""
+    lengths = [1, 0, 130, 64, 1, 0, 0, 200, 63, 65, 1, 128]
+    q, k, x, cu = make_packed(lengths, 9, kind)
+    _check_route_and_gather(backend, torch.float32, q, k, x, cu)
 
 
 @pytest.mark.parametrize("confidence", [False, True], ids=["plain", "ste"])

@@ -23,6 +23,11 @@ void register_routing_cuda_kernels(py::module_& m) {
     m.def("routing_chunk_index", &chunk_index, nogil, py::arg("mask"), py::arg("cu_seqlens"),
           py::arg("nseq"), py::arg("total"), py::arg("chunk_id"), py::arg("chunk_cu_seqlens"),
           py::arg("stream"), "chunk_id (single-pass ballot / prefix-sum scan) and chunk_cu_seqlens.");
+    m.def("routing_route_index", &route_index, nogil, py::arg("q"), py::arg("k"),
+          py::arg("cu_seqlens"), py::arg("nseq"), py::arg("total"), py::arg("dim"),
+          py::arg("dtype"), py::arg("p"), py::arg("mask"), py::arg("chunk_id"),
+          py::arg("chunk_cu_seqlens"), py::arg("stream"),
+          "routing_boundaries and routing_chunk_index in one pass (p, mask, chunk_id, chunk_cu).");
     m.def("routing_compact_rows", &compact_rows, nogil, py::arg("x"), py::arg("mask"),
           py::arg("chunk_id"), py::arg("total"), py::arg("num_chunks"), py::arg("row_bytes"),
           py::arg("out"), py::arg("stream"), "Copy the boundary rows of x to out[chunk_id].");

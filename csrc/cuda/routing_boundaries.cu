@@ -6,47 +6,14 @@
 //   dq_t = g_t / (nq_t nk_{t-1}) k_{t-1} - [|q_t| > eps] g_t cos_t / nq_t^2 q_t
 //   dk_t = g_{t+1} / (nk_t nq_{t+1}) q_{t+1} - [|k_t| > eps] g_{t+1} cos_{t+1} / nk_t^2 k_t
 // with g_t = -dp_t / 2 where the clamp passes and t is not a sequence start, else 0.
-#include "cuda/routing_common.cuh"
 #include "cuda/routing_kernels.h"
+#include "cuda/routing_pairs.cuh"
 
 namespace mmhnet {
 namespace routing_cuda {
 namespace {
 
 constexpr int kWarpsPerBlock = 8;
-constexpr double kEps = 1e-12;
-
-// t is the first token of a (non-empty) sequence: the last offset <= t equals t.
-__device__ bool is_sequence_start(const int32_t* cu, int64_t nseq, int64_t t) {
-    int64_t lo = 0, hi = nseq;  // cu[lo] <= t < cu[nseq]
-    while (hi - lo > 1) {
-        int64_t mid = (lo + hi) / 2;
-        if (cu[mid] <= t)
-            lo = mid;
-        else
-            hi = mid;
-    }
-    return cu[lo] == t;
-}
-
-// |q_t|^2, |k_s|^2 and q_t . k_s, summed over the warp's lanes.
-template <class T>
-__device__ void pair_stats(const T* q, const T* k, int64_t t, int64_t s, int64_t dim,
-                           compute_t<T>& qq, compute_t<T>& kk, compute_t<T>& qk) {
-    using C = compute_t<T>;
-    const int lane = threadIdx.x & 31;
-    C a = 0, b = 0, c = 0;
-    for (int64_t d = lane; d < dim; d += 32) {
-        C qv = to_compute(q[t * dim + d]);
-        C kv = to_compute(k[s * dim + d]);
-        a += qv * qv;
-        b += kv * kv;
-        c += qv * kv;
-    }
-    qq = warp_sum(a);
-    kk = warp_sum(b);
-    qk = warp_sum(c);
-}
 
 template <class T>
 __global__ void boundaries_fwd_kernel(const T* q, const T* k, const int32_t* cu, int64_t nseq,
@@ -54,14 +21,7 @@ __global__ void boundaries_fwd_kernel(const T* q, const T* k, const int32_t* cu,
     using C = compute_t<T>;
     const int64_t t = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
     if (t >= total) return;
-    const bool start = is_sequence_start(cu, nseq, t);
-    C pt = 1;
-    if (!start) {
-        C qq, kk, qk;
-        pair_stats(q, k, t, t - 1, dim, qq, kk, qk);
-        C cos = qk / (max(sqrt(qq), C(kEps)) * max(sqrt(kk), C(kEps)));
-        pt = min(max((C(1) - cos) / 2, C(0)), C(1));
-    }
+    const C pt = boundary_probability(q, k, cu, nseq, t, dim);
     if ((threadIdx.x & 31) == 0) {
         p[t] = pt;
         mask[t] = pt > C(0.5);
@@ -73,9 +33,9 @@ __global__ void boundaries_fwd_kernel(const T* q, const T* k, const int32_t* cu,
 template <class C>
 __device__ void pair_grad(C qq, C kk, C qk, C dp, C& cos, C& g, C& nq, C& nk, bool& q_big) {
     C rq = sqrt(qq);
-    nq = max(rq, C(kEps));
-    nk = max(sqrt(kk), C(kEps));
-    q_big = rq > C(kEps);
+    nq = max(rq, C(kNormEps));
+    nk = max(sqrt(kk), C(kNormEps));
+    q_big = rq > C(kNormEps);
     cos = qk / (nq * nk);
     C v = (C(1) - cos) / 2;
     g = (v >= C(0) && v <= C(1)) ? -dp / 2 : C(0);
@@ -104,7 +64,7 @@ __global__ void boundaries_bwd_kernel(const compute_t<T>* dp, const T* q, const 
         pair_grad(qq, kk, qk, dp[t + 1], cos, g, nq, nk, q_big);
         // here nk is |k_t| and nq is |q_{t+1}|
         a1 = g / (nk * nq);
-        b1 = sqrt(kk) > C(kEps) ? g * cos / (nk * nk) : C(0);
+        b1 = sqrt(kk) > C(kNormEps) ? g * cos / (nk * nk) : C(0);
     }
     const int lane = threadIdx.x & 31;
     for (int64_t d = lane; d < dim; d += 32) {

@@ -19,6 +19,11 @@ void boundaries_backward(uintptr_t dp, uintptr_t q, uintptr_t k, uintptr_t cu, i
 // blocks) gives chunk_id; a second tiny kernel reads chunk_cu off it.
 void chunk_index(uintptr_t mask, uintptr_t cu, int64_t nseq, int64_t total, uintptr_t chunk_id,
                  uintptr_t chunk_cu, uintptr_t stream);
+// boundaries_forward and chunk_index fused: one pass computes p, mask, chunk_id (warp ballots,
+// a block prefix sum and the look-back over tiles of 64 tokens) and chunk_cu.
+void route_index(uintptr_t q, uintptr_t k, uintptr_t cu, int64_t nseq, int64_t total, int64_t dim,
+                 int dtype, uintptr_t p, uintptr_t mask, uintptr_t chunk_id, uintptr_t chunk_cu,
+                 uintptr_t stream);
 void compact_rows(uintptr_t x, uintptr_t mask, uintptr_t chunk_id, int64_t total,
                   int64_t num_chunks, int64_t row_bytes, uintptr_t out, uintptr_t stream);
 void gather_rows(uintptr_t src, uintptr_t index, bool index_is64, uintptr_t keep, int64_t n,

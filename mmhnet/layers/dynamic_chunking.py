@@ -8,8 +8,8 @@
 
 On the way in: q = q_proj(x), k = k_proj(x) (identity-initialised, no bias, as H-Net);
 p_t = (1 - cos(q_t, k_{t-1})) / 2, 1 at each sequence start; a token opens a chunk where
-p_t > 0.5; the chunk is represented by its first token (``route_boundaries``,
-``chunk_gather``). All sequences' chunks come out packed, with ``routing.chunk_cu_seqlens``.
+p_t > 0.5; the chunk is represented by its first token (``route_and_gather``: route_boundaries
+then chunk_gather). All sequences' chunks come out packed, with ``routing.chunk_cu_seqlens``.
 
 On the way out: the chunk outputs are smoothed by the EMA with rate p (bidirectional: the mean of
 the left-to-right and right-to-left EMAs, so every chunk hears both sides; p clamped to
@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from mmhnet.ops import chunk_gather, chunk_scatter, ema_smooth, ratio_loss, route_boundaries
+from mmhnet.ops import chunk_scatter, ema_smooth, ratio_loss, route_and_gather
 
 from ._checks import check_tokens
 from ._packing import Packing, pack
@@ -83,10 +83,8 @@ class DynamicChunking(nn.Module):
         check_tokens(x, self.d_model, cu_seqlens, mask)
         packed, packing = pack(x, cu_seqlens, mask)
         rows = packed[0]
-        p, boundary = route_boundaries(self.q_proj(rows), self.k_proj(rows), packing.cu_seqlens,
-                                       backend=self.backend)
-        chunks, chunk_cu, chunk_id, p_chunks = chunk_gather(rows, boundary, packing.cu_seqlens,
-                                                            p=p, backend=self.backend)
+        p, boundary, chunks, chunk_cu, chunk_id, p_chunks = route_and_gather(
+            self.q_proj(rows), self.k_proj(rows), rows, packing.cu_seqlens, backend=self.backend)
         return chunks[None], Routing(p, boundary, chunk_id, chunk_cu, p_chunks, packing)
 
     def dechunk(self, y_chunks, routing):

@@ -2,8 +2,8 @@
 torch.library registration. References of every op: ``mmhnet.ops.reference``."""
 
 from ._backend import BACKENDS, BackendUnavailableError, resolve_backend
-from .routing import (chunk_gather, chunk_scatter, ema_smooth, ratio_loss, route_boundaries,
-                      token_gather, token_scatter)
+from .routing import (chunk_gather, chunk_scatter, ema_smooth, ratio_loss, route_and_gather,
+                      route_boundaries, token_gather, token_scatter)
 from .scan import bi_selective_scan, selective_scan
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "bi_selective_scan",
     "route_boundaries",
     "chunk_gather",
+    "route_and_gather",
     "chunk_scatter",
     "ema_smooth",
     "token_gather",

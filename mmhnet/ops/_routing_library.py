@@ -186,6 +186,62 @@ torch.library.register_autograd("mmhnet::chunk_gather", _gather_backward,
 
 
 # ----------------------------------------------------------------------------------------------
+# route_and_gather: route_boundaries + chunk_gather(p=p) as one op (one fused kernel on CUDA)
+# ----------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("mmhnet::route_and_gather", mutates_args=())
+def _route_and_gather(q: torch.Tensor, k: torch.Tensor, x: torch.Tensor,
+                      cu_seqlens: Optional[torch.Tensor], backend: str
+                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                 torch.Tensor, torch.Tensor]:
+    impl = backend_module(backend)
+    total = q.shape[0]
+    check_cu_seqlens_values(cu_seqlens, total)
+    cu = _offsets(cu_seqlens, total, q.device)
+    fused = getattr(impl, "route_index", None)
+    routed = fused(q, k, cu) if fused else None
+    if routed is None:
+        p, mask = impl.boundaries(q, k, cu)
+        routed = (p, mask) + tuple(impl.chunk_index(mask, cu))
+    p, mask, chunk_id, chunk_cu = routed
+    num_chunks = int(chunk_cu[-1])  # the host sync that sizes x_chunks
+    x_chunks = impl.compact_rows(x, mask, chunk_id, num_chunks)
+    p_chunks = impl.compact_rows(p[:, None], mask, chunk_id, num_chunks)[:, 0]
+    return p, mask, x_chunks, chunk_cu, chunk_id, p_chunks
+
+
+@_route_and_gather.register_fake
+def _(q, k, x, cu_seqlens, backend):
+    num_chunks = torch.library.get_ctx().new_dynamic_size()
+    total = q.shape[0]
+    nseq = 1 if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    pdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return (q.new_empty(total, dtype=pdt), q.new_empty(total, dtype=torch.bool),
+            x.new_empty(num_chunks, x.shape[1]), q.new_empty(nseq + 1, dtype=torch.int32),
+            q.new_empty(total, dtype=torch.int32), q.new_empty(num_chunks, dtype=pdt))
+
+
+def _route_gather_setup(ctx, inputs, output):
+    q, k, x, cu_seqlens, backend = inputs
+    ctx.save_for_backward(q, k, cu_seqlens, output[1], output[4])
+    ctx.backend = backend
+
+
+def _route_gather_backward(ctx, dp, dmask, dx_chunks, dchunk_cu, dchunk_id, dp_chunks):
+    q, k, cu_seqlens, mask, chunk_id = ctx.saved_tensors
+    mm = torch.ops.mmhnet
+    # p reaches the loss directly and through p_chunks = p[mask]
+    dp = dp + mm.chunk_expand(dp_chunks[:, None], chunk_id, mask, ctx.backend)[:, 0]
+    dq, dk = mm.route_boundaries_bwd(dp, q, k, cu_seqlens, ctx.backend)
+    dx = mm.chunk_expand(dx_chunks, chunk_id, mask, ctx.backend)
+    return dq, dk, dx, None, None
+
+
+torch.library.register_autograd("mmhnet::route_and_gather", _route_gather_backward,
+                                setup_context=_route_gather_setup)
+
+
+# ----------------------------------------------------------------------------------------------
 # chunk_scatter (with the optional confidence straight-through estimator)
 # ----------------------------------------------------------------------------------------------
 

@@ -64,6 +64,23 @@ def chunk_index(mask, cu):
     return chunk_id, chunk_cu
 
 
+def route_index(q, k, cu):
+    """route_boundaries and chunk_index in one kernel: (p, mask, chunk_id, chunk_cu) on CUDA;
+    None on CPU, which has no fused kernel (the library then runs boundaries and chunk_index)."""
+    if q.device.type != "cuda":
+        return None
+    q, k = q.contiguous(), k.contiguous()
+    total, dim = q.shape
+    p = empty((total,), _cd(q), q.device)
+    mask = torch.empty(total, dtype=torch.bool, device=q.device)
+    chunk_id = empty((total,), torch.int32, q.device)
+    chunk_cu = empty(cu.shape, torch.int32, q.device)
+    _call("routing_route_index", q.device, q.data_ptr(), k.data_ptr(), cu.contiguous().data_ptr(),
+          cu.shape[0] - 1, total, dim, DTYPE_CODES[q.dtype], p.data_ptr(), mask.data_ptr(),
+          chunk_id.data_ptr(), chunk_cu.data_ptr())
+    return p, mask, chunk_id, chunk_cu
+
+
 def compact_rows(x, mask, chunk_id, num_chunks):
     x = x.contiguous()
     out = empty((num_chunks, x.shape[1]), x.dtype, x.device)

@@ -19,6 +19,9 @@ Every backend module of the routing ops (``_routing_reference``, ``_routing_trit
                                                  confidence_grad or None when mask is None);
                                                  optional, for a backend that fuses the two
                                                  passes; None where it has no fused kernel
+    route_index(q, k, cu)                     -> (p, mask, chunk_id, chunk_cu): boundaries and
+                                                 chunk_index in one kernel; optional, None
+                                                 where the backend has no fused kernel
     ema(z, p, cu, bidirectional)              -> (C, dim)
     ema_backward(de, z, p, cu, bidirectional) -> dz, dp
     gather_rows(x, index)                     -> x[index]

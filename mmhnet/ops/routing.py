@@ -6,6 +6,8 @@ sequences allowed; None = one sequence). A typical round trip::
 
     p, mask = route_boundaries(q, k, cu_seqlens)
     x_chunks, chunk_cu, chunk_id, p_chunks = chunk_gather(x, mask, cu_seqlens, p=p)
+    # or both at once (one fused boundaries + compaction kernel on CUDA):
+    # p, mask, x_chunks, chunk_cu, chunk_id, p_chunks = route_and_gather(q, k, x, cu_seqlens)
     y_chunks = main_network(x_chunks, chunk_cu)
     y_chunks = ema_smooth(y_chunks, p_chunks.clamp(1e-4, 1 - 1e-4), chunk_cu, bidirectional=True)
     y = chunk_scatter(y_chunks, chunk_id, p=p, mask=mask)   # confidence straight-through
@@ -21,7 +23,7 @@ from . import _routing_library  # noqa: F401  (registers the torch.ops.mmhnet ro
 from ._backend import resolve_backend
 from ._checks import check_cu_seqlens_meta, check_same_device, check_tensor
 
-__all__ = ["route_boundaries", "chunk_gather", "chunk_scatter", "ema_smooth", "token_gather",
+__all__ = ["route_boundaries", "chunk_gather", "route_and_gather", "chunk_scatter", "ema_smooth", "token_gather",
            "token_scatter", "ratio_loss"]
 
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -31,6 +33,7 @@ BOOL = (torch.bool,)
 _OPS = {
     "route_boundaries": (("reference", "triton", "cpu", "cuda"), "routing_boundaries"),
     "chunk_gather": (("reference", "triton", "cpu", "cuda"), "routing_compact_rows"),
+    "route_and_gather": (("reference", "triton", "cpu", "cuda"), "routing_chunk_index"),
     "chunk_scatter": (("reference", "triton", "cpu", "cuda"), "routing_segment_sum"),
     "ema_smooth": (("reference", "triton", "cpu"), "routing_ema"),
     "token_gather": (("reference", "triton", "cpu", "cuda"), "routing_gather_rows"),
@@ -90,6 +93,26 @@ def chunk_gather(x, mask, cu_seqlens=None, *, p=None, backend=None):
     if p is None:
         return x_chunks, chunk_cu, chunk_id
     return x_chunks, chunk_cu, chunk_id, p_chunks
+
+
+def route_and_gather(q, k, x, cu_seqlens=None, *, backend=None):
+    """route_boundaries followed by chunk_gather(x, mask, cu_seqlens, p=p), as one op.
+
+    q, k: (T, dim_qk) projected tokens; x: (T, dim) float, the rows to keep; cu_seqlens:
+    None | (nseq + 1,). Returns (p, mask, x_chunks, chunk_cu_seqlens, chunk_id, p_chunks) with
+    the shapes and values of the two ops. On CUDA one kernel computes p, the mask, chunk_id and
+    chunk_cu_seqlens (warp ballots and a block prefix sum, tiles chained by a decoupled
+    look-back); other backends run the two ops' kernels. One host sync (to size x_chunks), plus
+    one the first time a given cu_seqlens tensor is validated on a GPU. Gradients flow to q, k
+    (through p and p_chunks) and x.
+    """
+    check_tensor("q", q, ndim=2)
+    check_tensor("k", k, shape=tuple(q.shape))
+    check_tensor("x", x, shape=(q.shape[0], None))
+    check_same_device([("q", q), ("k", k), ("x", x), ("cu_seqlens", cu_seqlens)])
+    check_cu_seqlens_meta(cu_seqlens, 1)
+    be = _backend(backend, q.device, "route_and_gather")
+    return torch.ops.mmhnet.route_and_gather(q, k, x, _int32(cu_seqlens), be)
 
 
 def chunk_scatter(z_chunks, chunk_id, *, p=None, mask=None, backend=None):
