@@ -191,7 +191,7 @@ def test_ema_smooth(backend, dtype, case, bidirectional):
     _, _, _, cu, p, mask = _routing(case)
     _, chunk_cu, _ = ref.chunk_gather_reference(p[:, None], mask, cu)
     z = torch.randn(int(mask.sum()), CASES[case][1], dtype=torch.float64).to(dtype).double()
-    pc = p[mask].clamp(1e-4, 1 - 1e-4).to(dtype).double()
+    pc = p[mask].to(dtype).double()  # 1 at every sequence start: the op clamps it
     zr, pr = _leaf(z), _leaf(pc)
     out_ref = ref.ema_smooth_reference(zr, pr, chunk_cu, bidirectional)
     dout = torch.randn_like(out_ref).to(dtype).double()
@@ -207,22 +207,26 @@ def test_ema_smooth(backend, dtype, case, bidirectional):
 
 
 @pytest.mark.parametrize("backend,dtype", _dtype_params("ema_smooth"))
-def test_ema_smooth_unclamped_p(backend, dtype):
-    """p = 1 restarts the average and p = 0 holds it: valid inputs, no division by p or 1 - p."""
+def test_ema_smooth_clamps_p(backend, dtype):
+    """p is clamped to [1e-4, 1 - 1e-4] (DESIGN.md): p = 0 or 1 give the EMA of the clamped
+    rates, and no gradient reaches a p outside that range."""
     dev = backend_device(backend)
-    pc = torch.tensor([1.0, 0.0, 1.0, 0.3, 0.0, 0.0, 1.0], dtype=torch.float64)
-    z = torch.randn(7, 5, dtype=torch.float64).to(dtype).double()
-    cu = torch.tensor([0, 3, 7], dtype=torch.int32)
-    zr, pr = _leaf(z), _leaf(pc)
+    pc = torch.tensor([1.0, 0.0, 1.0, 0.3, 1e-5, 0.0, 1.0, 0.5], dtype=torch.float64)
+    z = torch.randn(8, 5, dtype=torch.float64).to(dtype).double()
+    cu = torch.tensor([0, 3, 8], dtype=torch.int32)
+    zr, pr = _leaf(z), _leaf(pc.clamp(1e-4, 1 - 1e-4))
     out_ref = ref.ema_smooth_reference(zr, pr, cu, True)
     dout = torch.randn_like(out_ref)
-    grads_ref = _grads(out_ref, (zr, pr), dout)
+    dz_ref, dp_ref = _grads(out_ref, (zr, pr), dout)
+    dp_ref = torch.where((pc > 1e-4) & (pc < 1 - 1e-4), dp_ref, 0)
     zb, pb = _leaf(z, dtype, dev), _leaf(pc, dtype, dev)
     out = ema_smooth(zb, pb, cu.to(dev), True, backend=backend)
-    grads = _grads(out, (zb, pb), dout.to(device=dev, dtype=dtype))
+    dz, dp = _grads(out, (zb, pb), dout.to(device=dev, dtype=dtype))
+    assert dp.dtype == dtype
     assert_close_rel(out.cpu(), out_ref, TOL[dtype], "out")
-    for g, g_ref in zip(grads, grads_ref):
-        assert_close_rel(g.cpu(), g_ref, TOL[dtype], "grad")
+    assert_close_rel(dz.cpu(), dz_ref, TOL[dtype], "dz_chunks")
+    assert_close_rel(dp.cpu(), dp_ref, TOL[dtype], "dp_chunks")
+    assert (dp.cpu()[dp_ref == 0] == 0).all()
 
 
 @pytest.mark.parametrize("backend,dtype", _dtype_params("token_gather"))

@@ -34,9 +34,6 @@ from ._packing import Packing, pack
 
 __all__ = ["DynamicChunking", "Routing"]
 
-EMA_P_MIN = 1e-4
-
-
 class Routing(NamedTuple):
     """The routing decisions of one chunking step, over the packed tokens (T of them, C chunks).
 
@@ -90,8 +87,7 @@ class DynamicChunking(nn.Module):
     def dechunk(self, y_chunks, routing):
         """y_chunks (1, C, d) -> (batch, seqlen, d) in the layout ``forward`` was given."""
         check_tokens(y_chunks, y_chunks.shape[-1], routing.chunk_cu_seqlens, name="y_chunks")
-        rate = routing.p_chunks.clamp(EMA_P_MIN, 1 - EMA_P_MIN)
-        smooth = ema_smooth(y_chunks[0], rate, routing.chunk_cu_seqlens,
+        smooth = ema_smooth(y_chunks[0], routing.p_chunks, routing.chunk_cu_seqlens,
                             bidirectional=self.bidirectional, backend=self.backend)
         tokens = chunk_scatter(smooth, routing.chunk_id, p=routing.p, mask=routing.mask,
                                backend=self.backend)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "EMA_P_MIN",
     "route_boundaries_reference",
     "chunk_gather_reference",
     "chunk_scatter_reference",
@@ -24,6 +25,10 @@ __all__ = [
     "ratio_loss_reference",
     "sequence_starts",
 ]
+
+
+# ema_smooth clamps its rates to [EMA_P_MIN, 1 - EMA_P_MIN] (DESIGN.md, as H-Net's dechunking)
+EMA_P_MIN = 1e-4
 
 
 def _compute_dtype(t):
@@ -115,12 +120,15 @@ def chunk_scatter_reference(z_chunks, chunk_id, p=None, mask=None):
 def ema_smooth_reference(z_chunks, p_chunks, chunk_cu_seqlens=None, bidirectional=False):
     """EMA over chunks, restarting at each sequence. z_chunks (C, dim), p_chunks (C,) -> (C, dim).
 
+    p = p_chunks clamped to [EMA_P_MIN, 1 - EMA_P_MIN] (in the compute dtype; the clamp passes
+    no gradient outside that range), then
     forward:  e_c = p_c z_c + (1 - p_c) e_{c-1},  e = 0 before a sequence's first chunk;
     reverse:  r_c = p_c z_c + (1 - p_c) r_{c+1},  r = 0 after its last chunk;
-    returns e, or (e + r) / 2 when bidirectional. p is used as given (no clamping).
+    returns e, or (e + r) / 2 when bidirectional.
     Sequential over the chunk index, vectorised over the sequences (padded).
     """
     cd = _compute_dtype(z_chunks)
+    p_chunks = p_chunks.to(cd).clamp(EMA_P_MIN, 1 - EMA_P_MIN)
     total, dim = z_chunks.shape
     layout = padded_layout(chunk_cu_seqlens, total, z_chunks.device)
     if layout is None:

@@ -9,7 +9,7 @@ sequences allowed; None = one sequence). A typical round trip::
     # or both at once (one fused boundaries + compaction kernel on CUDA):
     # p, mask, x_chunks, chunk_cu, chunk_id, p_chunks = route_and_gather(q, k, x, cu_seqlens)
     y_chunks = main_network(x_chunks, chunk_cu)
-    y_chunks = ema_smooth(y_chunks, p_chunks.clamp(1e-4, 1 - 1e-4), chunk_cu, bidirectional=True)
+    y_chunks = ema_smooth(y_chunks, p_chunks, chunk_cu, bidirectional=True)  # clamps p_chunks
     y = chunk_scatter(y_chunks, chunk_id, p=p, mask=mask)   # confidence straight-through
     loss_aux = ratio_loss(mask, p, target_ratio=4.0)
 
@@ -22,6 +22,7 @@ import torch
 from . import _routing_library  # noqa: F401  (registers the torch.ops.mmhnet routing ops)
 from ._backend import resolve_backend
 from ._checks import check_cu_seqlens_meta, check_same_device, check_tensor
+from .reference_routing import EMA_P_MIN
 
 __all__ = ["route_boundaries", "chunk_gather", "route_and_gather", "chunk_scatter", "ema_smooth", "token_gather",
            "token_scatter", "ratio_loss"]
@@ -142,11 +143,12 @@ def chunk_scatter(z_chunks, chunk_id, *, p=None, mask=None, backend=None):
 def ema_smooth(z_chunks, p_chunks, chunk_cu_seqlens=None, bidirectional=False, *, backend=None):
     """Exponential moving average over the chunks of each sequence.
 
-    z_chunks: (C, dim) float; p_chunks: (C,) float in [0, 1], used as given (the op does not
-    clamp; callers clamp to [1e-4, 1 - 1e-4] as H-Net does); chunk_cu_seqlens: None | (nseq+1,).
+    z_chunks: (C, dim) float; p_chunks: (C,) float, the boundary probabilities of the chunks
+    (chunk_gather's p_chunks), clamped here to [1e-4, 1 - 1e-4] as DESIGN.md and H-Net say
+    (in float32, or float64 for float64 z_chunks); chunk_cu_seqlens: None | (nseq+1,).
     e_c = p_c z_c + (1 - p_c) e_{c-1}, e = 0 before each sequence; bidirectional: the mean of e
     and the same recurrence run right to left. Returns (C, dim) like z_chunks; gradients flow
-    to z_chunks and p_chunks.
+    to z_chunks and p_chunks (none to a p_c outside the clamp's range).
     """
     check_tensor("z_chunks", z_chunks, ndim=2)
     check_tensor("p_chunks", p_chunks, shape=(z_chunks.shape[0],))
@@ -154,7 +156,9 @@ def ema_smooth(z_chunks, p_chunks, chunk_cu_seqlens=None, bidirectional=False, *
                        ("chunk_cu_seqlens", chunk_cu_seqlens)])
     check_cu_seqlens_meta(chunk_cu_seqlens, 1, name="chunk_cu_seqlens")
     be = _backend(backend, z_chunks.device, "ema_smooth")
-    return torch.ops.mmhnet.ema_smooth(z_chunks, p_chunks, _int32(chunk_cu_seqlens),
+    compute = torch.float64 if z_chunks.dtype == torch.float64 else torch.float32
+    rate = p_chunks.to(compute).clamp(EMA_P_MIN, 1 - EMA_P_MIN)
+    return torch.ops.mmhnet.ema_smooth(z_chunks, rate, _int32(chunk_cu_seqlens),
                                        bool(bidirectional), be)
 
 
