@@ -153,7 +153,7 @@ def test_route_and_gather_many_tiles(backend, kind):
     counts; a chunk offset is written by the tile of the token before it), empty and length-1
     sequences at tile edges. The triton backend runs the same kernels as route_boundaries and
     chunk_gather, tested on long inputs there."""
-    lengths = [1, 0, 130, 64, 1, 0, 0, 200, 63, 65, 1, 128]
+    lengths = [0, 1, 0, 130, 64, 1, 0, 0, 200, 63, 65, 1, 128, 0]
     q, k, x, cu = make_packed(lengths, 9, kind)
     _check_route_and_gather(backend, torch.float32, q, k, x, cu)
 

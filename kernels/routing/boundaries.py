@@ -23,11 +23,11 @@ BLOCK_T = 16
 
 
 @triton.jit
-def _pair_stats(q_ptr, k_ptr, t, prev_ok, T, D, BLOCK_D: tl.constexpr):
+def _pair_stats(q_ptr, k_ptr, t, prev_ok, T, D, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     """|q_t|^2, |k_{t-1}|^2 and q_t . k_{t-1} for a block of tokens t, fp32 (BLOCK_T,)."""
-    qq = tl.zeros(t.shape, tl.float32)
-    kk = tl.zeros(t.shape, tl.float32)
-    qk = tl.zeros(t.shape, tl.float32)
+    qq = tl.zeros([BLOCK_T], tl.float32)
+    kk = tl.zeros([BLOCK_T], tl.float32)
+    qk = tl.zeros([BLOCK_T], tl.float32)
     for d0 in range(0, D, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         dm = d[None, :] < D
@@ -48,7 +48,7 @@ def _boundaries_fwd_kernel(q_ptr, k_ptr, start_ptr, p_ptr, mask_ptr, T, D, eps,
     t = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)  # row offsets past 2^31
     valid = t < T
     start = tl.load(start_ptr + t, mask=valid, other=1) != 0
-    qq, kk, qk = _pair_stats(q_ptr, k_ptr, t, valid & (t > 0), T, D, BLOCK_D)
+    qq, kk, qk = _pair_stats(q_ptr, k_ptr, t, valid & (t > 0), T, D, BLOCK_T, BLOCK_D)
     cos = qk / (tl.maximum(tl.sqrt(qq), eps) * tl.maximum(tl.sqrt(kk), eps))
     p = tl.minimum(tl.maximum((1.0 - cos) * 0.5, 0.0), 1.0)
     p = tl.where(start, 1.0, p)
@@ -79,8 +79,8 @@ def _boundaries_bwd_kernel(dp_ptr, q_ptr, k_ptr, start_ptr, dq_ptr, dk_ptr, T, D
     valid = t < T
     nxt = t + 1
     # pair (t, t-1) gives dq_t; pair (t+1, t) gives dk_t
-    qq0, kk0, qk0 = _pair_stats(q_ptr, k_ptr, t, valid & (t > 0), T, D, BLOCK_D)
-    qq1, kk1, qk1 = _pair_stats(q_ptr, k_ptr, nxt, nxt < T, T, D, BLOCK_D)
+    qq0, kk0, qk0 = _pair_stats(q_ptr, k_ptr, t, valid & (t > 0), T, D, BLOCK_T, BLOCK_D)
+    qq1, kk1, qk1 = _pair_stats(q_ptr, k_ptr, nxt, nxt < T, T, D, BLOCK_T, BLOCK_D)
     cos0, g0, nq0, nk0, q_big = _pair_grad_coef(dp_ptr, start_ptr, t, qq0, kk0, qk0, T, eps)
     cos1, g1, nq1, nk1, _unused = _pair_grad_coef(dp_ptr, start_ptr, nxt, qq1, kk1, qk1, T, eps)
     k_big = tl.sqrt(kk1) > eps
