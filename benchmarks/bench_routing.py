@@ -213,7 +213,10 @@ def run(device="cpu", quick=False):
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     tokens_list = TOKENS[:1] if quick else TOKENS
     dims = DIMS[-1:] if quick else DIMS
-    reps = 5
+    # medians of 9 after 5 warm-up calls: on CPU the first calls at a new size fault in fresh
+    # memory until malloc's heap settles (up to ~100 ms each here, for about 5 calls), which a
+    # training loop pays once, not per step
+    warmup, reps = 5, 9
     backends = _backends(device)
     noise = ("Timings on a shared machine (other engineers' jobs running): noisy, read ratios "
              "loosely." if device.type == "cpu" else "")
@@ -245,14 +248,14 @@ def run(device="cpu", quick=False):
                     if b == "cuda" and name in ("ema_smooth (bi)", "ratio_loss"):
                         ours.append(None)
                         continue
-                    ours.append(time_fn(op_steps(name, a, b)[0], device, reps=reps))
-                base = time_fn(op_steps(name, a, backends[0])[1], device, reps=reps)
+                    ours.append(time_fn(op_steps(name, a, b)[0], device, warmup, reps))
+                base = time_fn(op_steps(name, a, backends[0])[1], device, warmup, reps)
                 ops_table.add(name, tokens, dim, *[fmt_ms(t) for t in ours], fmt_ms(base),
                               *["-" if t is None else f"{base / t:.1f}x" for t in ours])
             if dim == SCAN_HEADS * SCAN_HEADDIM:
-                trip = time_fn(round_trip_step(a), device, reps=reps)
-                trip_torch = time_fn(round_trip_step(a, ours=False), device, reps=reps)
-                scan = time_fn(scan_step(tokens, a["cu"], device, dtype), device, warmup=1, reps=reps)
+                trip = time_fn(round_trip_step(a), device, warmup, reps)
+                trip_torch = time_fn(round_trip_step(a, ours=False), device, warmup, reps)
+                scan = time_fn(scan_step(tokens, a["cu"], device, dtype), device, warmup, reps)
                 if bandwidth is None:
                     bandwidth = copy_bandwidth(device, dtype)
                 floor = round_trip_bytes(tokens, dim, a["num_chunks"], a["x"].element_size()) / bandwidth
