@@ -101,7 +101,9 @@ class _DepthwiseConvSiLU(torch.autograd.Function):
             out = out * rows[..., None]
         ctx.save_for_backward(x, weight, bias, taps, rows)
         ctx.left = left
-        return out.to(x.dtype)
+        # not out.to(x.dtype) when that is a no-op: torch 2.11's torch.compile returns zero
+        # gradients for an autograd.Function whose output is such an alias (2.13 does not)
+        return out if out.dtype == x.dtype else out.to(x.dtype)
 
     @staticmethod
     def backward(ctx, dout):
