@@ -24,8 +24,8 @@ from ._backend import resolve_backend
 from ._checks import check_cu_seqlens_meta, check_same_device, check_tensor
 from .reference_routing import EMA_P_MIN
 
-__all__ = ["route_boundaries", "chunk_gather", "route_and_gather", "chunk_scatter", "ema_smooth", "token_gather",
-           "token_scatter", "ratio_loss"]
+__all__ = ["route_boundaries", "chunk_gather", "route_and_gather", "chunk_scatter", "ema_smooth",
+           "token_gather", "token_scatter", "ratio_loss"]
 
 INDEX_DTYPES = (torch.int32, torch.int64)
 BOOL = (torch.bool,)
