@@ -19,7 +19,7 @@ from mmhnet.ops import (bi_selective_scan, chunk_gather, chunk_scatter, ema_smoo
                         token_scatter)
 from mmhnet.ops._backend import native_module
 
-from .common import Table, fmt_ms, time_fn
+from .common import Table, copy_bandwidth, fmt_ms, time_fn
 
 TOKENS = (9375, 65536)
 DIMS = (512, 1024)
@@ -176,15 +176,6 @@ def round_trip_bytes(tokens, dim, num_chunks, itemsize):
     return itemsize * dim * (9 * tokens + 11 * num_chunks)
 
 
-def copy_bandwidth(device, dtype, elements=1 << 26):
-    """Bytes per second (read + write) of a copy between two tensors far larger than the last-level
-    cache (256 MB each in float32): the memory bandwidth a streaming kernel can hope for."""
-    src = torch.randn(elements, device=device).to(dtype)
-    dst = torch.empty_like(src)
-    seconds = time_fn(lambda: dst.copy_(src), device, reps=5)
-    return 2 * src.numel() * src.element_size() / seconds
-
-
 def scan_step(tokens, cu, device, dtype):
     """One bi_selective_scan forward+backward (default backend) on the same packed tokens."""
     g = torch.Generator(device="cpu").manual_seed(1)
@@ -234,8 +225,8 @@ def run(device="cpu", quick=False):
         ["tokens", "dim", "round trip ms", "torch round trip ms", "bi_selective_scan ms",
          "round trip / scan", "traffic floor ms", "floor / scan"],
         note=f"Round trip = route_and_gather (route_boundaries + chunk_gather of x and p), "
-                 f"bidirectional ema_smooth, "
-             f"chunk_scatter with the confidence STE; target: round trip / scan < 10%. Traffic "
+             f"bidirectional ema_smooth, chunk_scatter with the confidence STE; target: round "
+             f"trip / scan < 10%. Traffic "
              f"floor = the bytes the round trip must move (9 (tokens, dim) and 11 (chunks, dim) "
              f"passes) at the copy bandwidth measured in this run. {noise}")
     bandwidth = None
@@ -257,7 +248,7 @@ def run(device="cpu", quick=False):
                 trip_torch = time_fn(round_trip_step(a, ours=False), device, warmup, reps)
                 scan = time_fn(scan_step(tokens, a["cu"], device, dtype), device, warmup, reps)
                 if bandwidth is None:
-                    bandwidth = copy_bandwidth(device, dtype)
+                    bandwidth = copy_bandwidth(device)
                 floor = round_trip_bytes(tokens, dim, a["num_chunks"], a["x"].element_size()) / bandwidth
                 target.add(tokens, dim, fmt_ms(trip), fmt_ms(trip_torch), fmt_ms(scan),
                            f"{trip / scan:.1%}", fmt_ms(floor), f"{floor / scan:.1%}")

@@ -16,7 +16,7 @@ import torch
 from mmhnet.ops import bi_selective_scan, reference
 from mmhnet.ops._backend import native_module
 
-from .common import Table, fmt_ms, time_fn
+from .common import Table, copy_bandwidth, fmt_ms, time_fn
 
 HEADS, HEADDIM, DSTATE, GROUPS = 16, 64, 64, 1
 TOKENS = (250, 1875, 9375)
@@ -130,14 +130,6 @@ def bytes_moved(batch, L, elem, backward):
     dt = batch * L * HEADS * elem
     fwd = 2 * x + bc + dt
     return fwd + (3 * x + 2 * bc + 2 * dt if backward else 0)
-
-
-def copy_bandwidth(device):
-    n = 1 << 26
-    a = torch.empty(n, device=device, dtype=torch.float32)
-    b = torch.empty_like(a)
-    t = time_fn(lambda: b.copy_(a), device, warmup=2, reps=10)
-    return 2 * n * 4 / t
 
 
 def scan_flops(batch, L, backward):

@@ -30,6 +30,17 @@ def time_fn(fn, device="cpu", warmup=1, reps=5, min_time=0.0):
     return statistics.median(times)
 
 
+def copy_bandwidth(device, elements=1 << 26):
+    """Bytes per second (read + write) of a float32 copy between two tensors far larger than the
+    last-level cache (256 MB each): the memory bandwidth a streaming kernel can hope for. The
+    source is written first: never-written CPU memory reads as the shared zero page, which
+    overstates the bandwidth by about half."""
+    src = torch.ones(elements, device=device)
+    dst = torch.empty_like(src)
+    seconds = time_fn(lambda: dst.copy_(src), device, warmup=2, reps=10)
+    return 2 * src.numel() * src.element_size() / seconds
+
+
 def machine_description(device="cpu"):
     if torch.device(device).type == "cuda":
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"

@@ -34,6 +34,7 @@ from ._packing import Packing, pack
 
 __all__ = ["DynamicChunking", "Routing"]
 
+
 class Routing(NamedTuple):
     """The routing decisions of one chunking step, over the packed tokens (T of them, C chunks).
 

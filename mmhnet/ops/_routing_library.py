@@ -120,6 +120,24 @@ def _read_sizes_once(cu, chunk_cu, mask):
     return host[:-2], int(host[-2]), int(host[-1])
 
 
+def _compact(impl, x, p, mask, chunk_id, num_chunks):
+    """The boundary rows of x and, unless p is None, of p (else an empty p_chunks)."""
+    x_chunks = impl.compact_rows(x, mask, chunk_id, num_chunks)
+    p_chunks = (x.new_empty(0) if p is None
+                else impl.compact_rows(p[:, None], mask, chunk_id, num_chunks)[:, 0])
+    return x_chunks, p_chunks
+
+
+def _expand(dx_chunks, dp_chunks, chunk_id, mask, backend):
+    """chunk_gather's backward: the gradients of x_chunks and (unless dp_chunks is None)
+    p_chunks scattered back into the boundary rows, zero elsewhere."""
+    mm = torch.ops.mmhnet
+    dx = mm.chunk_expand(dx_chunks, chunk_id, mask, backend)
+    dp = (None if dp_chunks is None
+          else mm.chunk_expand(dp_chunks[:, None], chunk_id, mask, backend)[:, 0])
+    return dx, dp
+
+
 @torch.library.custom_op("mmhnet::chunk_gather", mutates_args=())
 def _chunk_gather(x: torch.Tensor, mask: torch.Tensor, cu_seqlens: Optional[torch.Tensor],
                   p: Optional[torch.Tensor], backend: str
@@ -136,9 +154,7 @@ def _chunk_gather(x: torch.Tensor, mask: torch.Tensor, cu_seqlens: Optional[torc
         raise ValueError(f"mask must be True at the first token of every non-empty sequence "
                          f"(route_boundaries guarantees it); {missing} sequence(s) start without "
                          f"a boundary")
-    x_chunks = impl.compact_rows(x, mask, chunk_id, num_chunks)
-    p_chunks = (x.new_empty(0) if p is None
-                else impl.compact_rows(p[:, None], mask, chunk_id, num_chunks)[:, 0])
+    x_chunks, p_chunks = _compact(impl, x, p, mask, chunk_id, num_chunks)
     return x_chunks, chunk_cu, chunk_id, p_chunks
 
 
@@ -174,10 +190,7 @@ def _gather_setup(ctx, inputs, output):
 
 def _gather_backward(ctx, dx_chunks, dchunk_cu, dchunk_id, dp_chunks):
     mask, chunk_id = ctx.saved_tensors
-    dx = torch.ops.mmhnet.chunk_expand(dx_chunks, chunk_id, mask, ctx.backend)
-    dp = None
-    if ctx.has_p:
-        dp = torch.ops.mmhnet.chunk_expand(dp_chunks[:, None], chunk_id, mask, ctx.backend)[:, 0]
+    dx, dp = _expand(dx_chunks, dp_chunks if ctx.has_p else None, chunk_id, mask, ctx.backend)
     return dx, None, None, dp, None
 
 
@@ -205,8 +218,7 @@ def _route_and_gather(q: torch.Tensor, k: torch.Tensor, x: torch.Tensor,
         routed = (p, mask) + tuple(impl.chunk_index(mask, cu))
     p, mask, chunk_id, chunk_cu = routed
     num_chunks = int(chunk_cu[-1])  # the host sync that sizes x_chunks
-    x_chunks = impl.compact_rows(x, mask, chunk_id, num_chunks)
-    p_chunks = impl.compact_rows(p[:, None], mask, chunk_id, num_chunks)[:, 0]
+    x_chunks, p_chunks = _compact(impl, x, p, mask, chunk_id, num_chunks)
     return p, mask, x_chunks, chunk_cu, chunk_id, p_chunks
 
 
@@ -229,11 +241,10 @@ def _route_gather_setup(ctx, inputs, output):
 
 def _route_gather_backward(ctx, dp, dmask, dx_chunks, dchunk_cu, dchunk_id, dp_chunks):
     q, k, cu_seqlens, mask, chunk_id = ctx.saved_tensors
-    mm = torch.ops.mmhnet
+    dx, dp_gathered = _expand(dx_chunks, dp_chunks, chunk_id, mask, ctx.backend)
     # p reaches the loss directly and through p_chunks = p[mask]
-    dp = dp + mm.chunk_expand(dp_chunks[:, None], chunk_id, mask, ctx.backend)[:, 0]
-    dq, dk = mm.route_boundaries_bwd(dp, q, k, cu_seqlens, ctx.backend)
-    dx = mm.chunk_expand(dx_chunks, chunk_id, mask, ctx.backend)
+    dq, dk = torch.ops.mmhnet.route_boundaries_bwd(dp + dp_gathered, q, k, cu_seqlens,
+                                                  ctx.backend)
     return dq, dk, dx, None, None
 
 
