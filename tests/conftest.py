@@ -4,6 +4,8 @@
   when no CUDA device is present: the Triton backend then runs on CPU tensors.
 * MMHNET_POISON=1 makes the kernel launchers fill their outputs with NaN before the kernels run,
   so an element a kernel forgets to write fails the comparison.
+* Tests marked cpu_streamed run with the CPU routing kernels writing every output with
+  streaming (non-temporal) stores, the path they take for outputs larger than the cache.
 * Every test draws fresh random inputs: the session seed is random (printed in the header; set
   MMHNET_TEST_SEED to replay a run) and each test mixes it with its own id.
 """
@@ -45,3 +47,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_streamed_stores(request):
+    if request.node.get_closest_marker("cpu_streamed") is None:
+        yield
+        return
+    from mmhnet.ops._backend import native_module
+
+    native = native_module("_C")
+    before = native.set_routing_streaming_bytes(0)
+    try:
+        yield
+    finally:
+        native.set_routing_streaming_bytes(before)

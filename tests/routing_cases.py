@@ -80,6 +80,18 @@ def backend_params(op):
     return params
 
 
+def with_cpu_streamed(params):
+    """``params`` and, for each on the cpu backend, the same case again with every output
+    written by streaming stores (the kernels' path for outputs larger than the cache)."""
+    out = []
+    for param in params:
+        out.append(param)
+        if param.values[0] == "cpu":
+            out.append(pytest.param(*param.values, marks=[*param.marks, pytest.mark.cpu_streamed],
+                                    id=f"{param.id}-streamed"))
+    return out
+
+
 # The input dtypes each backend is tested with; float64 references are computed from the same
 # (rounded) inputs, so the tolerance measures the kernel's own error.
 DTYPES = {

@@ -9,7 +9,7 @@ from mmhnet.ops import (chunk_gather, chunk_scatter, ema_smooth, ratio_loss, rou
                         route_boundaries, token_gather, token_scatter)
 from mmhnet.ops import reference as ref
 from routing_cases import (CASES, DTYPES, backend_device, backend_params, make_case,
-                           make_packed)
+                           make_packed, with_cpu_streamed)
 
 CASE_NAMES = list(CASES)
 
@@ -24,7 +24,7 @@ def _dtype_params(op):
         for dt in DTYPES[bp.values[0]]:
             out.append(pytest.param(bp.values[0], dt, marks=bp.marks,
                                     id=f"{bp.values[0]}-{str(dt).replace('torch.', '')}"))
-    return out
+    return with_cpu_streamed(out)
 
 
 def _routing(case, device="cpu"):
@@ -146,8 +146,8 @@ def test_route_and_gather(backend, dtype, case):
 
 
 @pytest.mark.parametrize("kind", ["random", "opposite", "same"])
-@pytest.mark.parametrize("backend", [b for b in backend_params("route_and_gather")
-                                     if b.values[0] != "triton"])
+@pytest.mark.parametrize("backend", with_cpu_streamed(
+    [b for b in backend_params("route_and_gather") if b.values[0] != "triton"]))
 def test_route_and_gather_many_tiles(backend, kind):
     """Sequences across the fused CUDA kernel's tiles of 64 tokens (the look-back chains the
     counts; a chunk offset is written by the tile of the token before it), empty and length-1
@@ -286,7 +286,7 @@ def test_ratio_loss(backend, dtype):
     assert_close_rel(dp.cpu(), dp_ref, TOL[dtype], "dp")
 
 
-@pytest.mark.parametrize("backend", backend_params("chunk_scatter"))
+@pytest.mark.parametrize("backend", with_cpu_streamed(backend_params("chunk_scatter")))
 def test_chunk_scatter_backward_is_deterministic(backend):
     """The segment sum never uses float atomics: two runs agree bit for bit (long chunks that
     span several kernel blocks included)."""
@@ -308,7 +308,7 @@ def test_chunk_scatter_backward_is_deterministic(backend):
     assert_close_rel(runs[0][0].cpu(), dz_ref, TOL[torch.float32], "dz_chunks")
 
 
-@pytest.mark.parametrize("backend", backend_params("chunk_gather"))
+@pytest.mark.parametrize("backend", with_cpu_streamed(backend_params("chunk_gather")))
 def test_round_trip_matches_reference(backend):
     """boundaries -> gather (with p) -> bidirectional EMA -> scatter with confidence: the whole
     dechunking path, forward and gradients, against the references composed."""
@@ -348,7 +348,7 @@ def test_round_trip_matches_reference(backend):
         assert_close_rel(g.cpu(), g_ref, TOL[torch.float32], name)
 
 
-@pytest.mark.parametrize("backend", backend_params("chunk_gather"))
+@pytest.mark.parametrize("backend", with_cpu_streamed(backend_params("chunk_gather")))
 def test_empty_inputs(backend):
     """No tokens at all (and empty sequences): every op returns empty results and gradients."""
     dev = backend_device(backend)
@@ -365,7 +365,7 @@ def test_empty_inputs(backend):
     assert torch.equal(out, torch.zeros(3, 5, device=dev))
 
 
-@pytest.mark.parametrize("backend", backend_params("chunk_gather"))
+@pytest.mark.parametrize("backend", with_cpu_streamed(backend_params("chunk_gather")))
 def test_zero_width_rows(backend):
     """dim 0: the rows are empty but the per-token results are not (the confidence gradient and
     dp of the EMA are sums over no columns: 0)."""
@@ -386,7 +386,8 @@ def test_zero_width_rows(backend):
     assert out.shape == (3, 0)
 
 
-@pytest.mark.parametrize("backend", [p for p in backend_params("ema_smooth") if p.values[0] == "cpu"])
+@pytest.mark.parametrize("backend", with_cpu_streamed(
+    [p for p in backend_params("ema_smooth") if p.values[0] == "cpu"]))
 def test_cpu_results_do_not_depend_on_thread_count(backend):
     """The C++ kernels split work by thread count but reduce in a fixed order: one thread and
     two threads give the same bits (EMA gradients, segment sums, chunk_scatter's backward)."""
@@ -421,7 +422,7 @@ def test_cpu_results_do_not_depend_on_thread_count(backend):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("backend", backend_params("chunk_gather"))
+@pytest.mark.parametrize("backend", with_cpu_streamed(backend_params("chunk_gather")))
 def test_sequences_longer_than_kernel_blocks(backend):
     """Sequences that span several kernel tiles: the EMA carries its state from tile to tile
     (tiles of 32 chunks), the compaction its count from block to block (blocks of 1024)."""
@@ -449,3 +450,52 @@ def test_sequences_longer_than_kernel_blocks(backend):
     xc_ref, ccu_ref, cid_ref = ref.chunk_gather_reference(x, mask, cu_tokens)
     assert torch.equal(xc.cpu(), xc_ref) and torch.equal(ccu.cpu(), ccu_ref)
     assert torch.equal(cid.cpu(), cid_ref)
+
+
+def test_cpu_routing_above_the_streaming_size():
+    """At the default threshold: route_and_gather then chunk_scatter with the confidence, with
+    token outputs (dq, dk, dx, the scattered rows) and chunk outputs (x_chunks, the segment sums)
+    large enough that the CPU kernels stream their stores, in rows of 999 float32 (not 16-byte
+    aligned), against the float64 references. (The EMA's streamed path is checked by the
+    cpu-streamed cases above: its float64 reference is too slow at this size.)"""
+    native = pytest.importorskip("mmhnet._C")
+    if not hasattr(native, "routing_streaming_bytes"):
+        pytest.skip("mmhnet._C is not built with the CPU routing kernels")
+    q, k, x, cu = make_packed([4100, 1, 4899], 999, "random")
+    total, dim = x.shape
+    _, mask_ref = ref.route_boundaries_reference(q, k, cu)
+    chunk_bytes = int(mask_ref.sum()) * dim * 4
+    assert min(total * dim * 4, chunk_bytes) >= native.routing_streaming_bytes()
+
+    def run(q, k, x, backend):
+        if backend == "reference":
+            p, mask = ref.route_boundaries_reference(q, k, cu)
+            xc, _, cid = ref.chunk_gather_reference(x, mask, cu)
+            return ref.chunk_scatter_reference(xc * p[mask, None], cid, p=p, mask=mask)
+        p, mask, xc, _, cid, pc = route_and_gather(q, k, x, cu, backend="cpu")
+        return chunk_scatter(xc * pc[:, None], cid, p=p, mask=mask, backend="cpu")
+
+    leaves_ref = [_leaf(t) for t in (q, k, x)]
+    out_ref = run(*leaves_ref, "reference")
+    dout = torch.randn_like(out_ref)
+    grads_ref = _grads(out_ref, leaves_ref, dout)
+    leaves = [_leaf(t, torch.float32) for t in (q, k, x)]
+    out = run(*leaves, "cpu")
+    grads = _grads(out, leaves, dout.float())
+    assert_close_rel(out, out_ref, TOL[torch.float32], "out")
+    for name, g, g_ref in zip(("dq", "dk", "dx"), grads, grads_ref):
+        assert_close_rel(g, g_ref, TOL[torch.float32], name)
+
+
+def test_streamed_cases_stream():
+    """The cpu_streamed marker really sets the threshold to 0 (and only for its tests)."""
+    native = pytest.importorskip("mmhnet._C")
+    assert native.routing_streaming_bytes() == 16 << 20
+    with pytest.raises(ValueError, match="bytes must be >= 0, got -1"):
+        native.set_routing_streaming_bytes(-1)
+
+
+@pytest.mark.cpu_streamed
+def test_streamed_marker_sets_threshold():
+    native = pytest.importorskip("mmhnet._C")
+    assert native.routing_streaming_bytes() == 0

@@ -1,6 +1,9 @@
 // Bindings of the CPU routing kernels into mmhnet._C (see routing_kernels.h for the contracts).
 #include <pybind11/pybind11.h>
 
+#include <string>
+
+#include "cpu/routing_common.h"
 #include "cpu/routing_kernels.h"
 #include "registry.h"
 
@@ -44,6 +47,19 @@ void register_routing_cpu_kernels(py::module_& m) {
           py::arg("cu_seqlens"), py::arg("nseq"), py::arg("num_chunks"), py::arg("dim"),
           py::arg("dtype"), py::arg("bidirectional"), py::arg("dz"), py::arg("dp"),
           "Backward of routing_ema.");
+    m.def("routing_streaming_bytes", &streaming_bytes,
+          "Outputs of at least this many bytes are written with streaming stores.");
+    m.def(
+        "set_routing_streaming_bytes",
+        [](int64_t bytes) {
+            if (bytes < 0)
+                throw py::value_error("set_routing_streaming_bytes: bytes must be >= 0, got " +
+                                      std::to_string(bytes));
+            return streaming_threshold().exchange(bytes);
+        },
+        py::arg("bytes"),
+        "Sets the output size from which the routing kernels stream their stores (0: always); "
+        "returns the previous value.");
     m.def("routing_mask_p_means", &mask_p_means, nogil, py::arg("mask"), py::arg("p"),
           py::arg("total"), py::arg("dtype"), py::arg("out"), "[mean(mask), mean(p)].");
 }

@@ -84,7 +84,7 @@ RowStats<T> row_stats(const T* q, const T* k, int64_t t, int64_t dim) {
     return {std::sqrt(qq), std::sqrt(kk), prev_weight * cross};
 }
 
-// One streaming pass: a thread walks its range of tokens keeping the statistics of t-1, t and
+// One pass: a thread walks its range of tokens keeping the statistics of t-1, t and
 // t+1, so every row of q and k comes from memory once and the neighbours from cache.
 template <class T>
 void backward(const compute_t<T>* dp, const T* q, const T* k, const int32_t* cu, int64_t nseq,
@@ -101,7 +101,9 @@ void backward(const compute_t<T>* dp, const T* q, const T* k, const int32_t* cu,
         const C v = (1 - cos) / 2;
         if (v >= 0 && v <= 1) g = -dp[t] / 2;
     };
+    const bool stream = streams(total * dim * static_cast<int64_t>(sizeof(T)));
     parallel_ranges(total, total * dim, [&](int64_t lo, int64_t hi) {
+        RowOutput<T> out_q(stream, dim), out_k(stream, dim);
         RowStats<T> prev = lo > 0 ? row_stats(q, k, lo - 1, dim) : RowStats<T>{};
         RowStats<T> cur = row_stats(q, k, lo, dim);
         for (int64_t t = lo; t < hi; ++t) {
@@ -119,13 +121,15 @@ void backward(const compute_t<T>* dp, const T* q, const T* k, const int32_t* cu,
             // at the ends a0 (a1) is 0, so any row stands in for the missing neighbour
             const T* kprev = t > 0 ? kt - dim : kt;
             const T* qnext = t + 1 < total ? qt + dim : qt;
-            T* dqt = dq + t * dim;
-            T* dkt = dk + t * dim;
+            T* dqt = out_q.begin(dq + t * dim);
+            T* dkt = out_k.begin(dk + t * dim);
 #pragma omp simd
             for (int64_t d = 0; d < dim; ++d) {
                 store(dqt, d, a0 * load(kprev, d) - b0 * load(qt, d));
                 store(dkt, d, a1 * load(qnext, d) - b1 * load(kt, d));
             }
+            out_q.done(dim);
+            out_k.done(dim);
             prev = cur;
             cur = next;
         }

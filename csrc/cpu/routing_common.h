@@ -7,17 +7,23 @@
 
 #include "compute_type.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
 #endif
 
 namespace mmhnet {
@@ -140,8 +146,86 @@ inline int64_t max_threads() {
 #endif
 }
 
+// Streaming (non-temporal) stores. A plain store first reads the cache line it writes (read for
+// ownership), so a pass that only writes an output moves its bytes twice; a streaming store
+// writes the line without reading it and without keeping it in cache. That pays for outputs too
+// large to stay in the last-level cache until they are read again; smaller ones are better left
+// in cache for the next op. Outputs of at least streaming_bytes() bytes are streamed.
+// (Measured on a 2-core EPYC VM: a 256 MB copy 1.75x faster, zero-filling 1.9x.)
+inline std::atomic<int64_t>& streaming_threshold() {
+    static std::atomic<int64_t> bytes{int64_t(16) << 20};
+    return bytes;
+}
+inline int64_t streaming_bytes() { return streaming_threshold().load(std::memory_order_relaxed); }
+inline bool streams(int64_t output_bytes) {
+    return output_bytes > 0 && output_bytes >= streaming_bytes();
+}
+
+// Writes `bytes` bytes of src to dst (zeros when src is null); with `stream`, the 16-byte
+// aligned middle of dst by streaming stores (on x86; elsewhere plain copies). A thread that
+// streamed must call streaming_fence() before other threads read what it wrote.
+inline void write_bytes(void* dst, const void* src, int64_t bytes, bool stream) {
+    char* d = static_cast<char*>(dst);
+    const char* s = static_cast<const char*>(src);
+    auto plain = [](char* to, const char* from, int64_t n) {
+        if (n <= 0) return;
+        if (from)
+            std::memcpy(to, from, static_cast<size_t>(n));
+        else
+            std::memset(to, 0, static_cast<size_t>(n));
+    };
+#if defined(__SSE2__)
+    if (stream) {
+        const int64_t head =
+            std::min<int64_t>(bytes, (16 - static_cast<int64_t>(reinterpret_cast<uintptr_t>(d) % 16)) % 16);
+        plain(d, s, head);
+        int64_t i = head;
+        for (; i + 16 <= bytes; i += 16) {
+            const __m128i v =
+                s ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)) : _mm_setzero_si128();
+            _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), v);
+        }
+        plain(d + i, s ? s + i : nullptr, bytes - i);
+        return;
+    }
+#endif
+    (void)stream;
+    plain(d, s, bytes);
+}
+
+// Makes this thread's streaming stores visible before what it does next (its next barrier).
+inline void streaming_fence() {
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
+}
+
+// Where a kernel writes one row (or a piece of one) of an output: the output itself, or, when
+// the output is streamed, a buffer in cache that done() copies out with streaming stores.
+//   T* row = out.begin(dst); ...store(row, d, v)...; out.done(n);
+template <class T>
+class RowOutput {
+   public:
+    RowOutput(bool stream, int64_t max_elements)
+        : stream_(stream), buffer_(stream ? static_cast<size_t>(max_elements) : 0) {}
+    T* begin(T* dst) {
+        dst_ = dst;
+        return stream_ ? buffer_.data() : dst;
+    }
+    void done(int64_t n) {
+        if (stream_) write_bytes(dst_, buffer_.data(), n * static_cast<int64_t>(sizeof(T)), true);
+    }
+    // (prefetching a streamed output's lines would read them in: what streaming avoids)
+    bool streamed() const { return stream_; }
+
+   private:
+    bool stream_;
+    std::vector<T> buffer_;
+    T* dst_ = nullptr;
+};
+
 // Calls fn(lo, hi) on contiguous ranges covering [0, n), one per OpenMP thread (one range on
-// one thread when `work` is below kMinParallelWork).
+// one thread when `work` is below kMinParallelWork). fn may stream its stores.
 template <class F>
 void parallel_ranges(int64_t n, int64_t work, F&& fn) {
 #ifdef _OPENMP
@@ -150,10 +234,12 @@ void parallel_ranges(int64_t n, int64_t work, F&& fn) {
         const int64_t parts = omp_get_num_threads(), part = omp_get_thread_num();
         const int64_t lo = n * part / parts, hi = n * (part + 1) / parts;
         if (lo < hi) fn(lo, hi);
+        streaming_fence();
     }
 #else
     (void)work;
     if (n > 0) fn(0, n);
+    streaming_fence();
 #endif
 }
 

@@ -1,7 +1,5 @@
 // Compaction on CPU: prefix sum of the boundary mask (chunk_id, chunk_cu_seqlens) and the copy of
 // the boundary rows into x_chunks.
-#include <cstring>
-
 #include "cpu/routing_common.h"
 #include "cpu/routing_kernels.h"
 
@@ -30,11 +28,16 @@ void compact_rows(uintptr_t x_addr, uintptr_t mask_addr, uintptr_t chunk_id_addr
     const int32_t* chunk_id = ptr<const int32_t>(chunk_id_addr);
     char* out = ptr<char>(out_addr);
     advise_huge_pages(out_addr, num_chunks * row_bytes);
-#pragma omp parallel for schedule(static) if (total * row_bytes >= 4 * kMinParallelWork)
-    for (int64_t t = 0; t < total; ++t) {
-        int64_t c = chunk_id[t];
-        if (mask[t] && c >= 0 && c < num_chunks)
-            std::memcpy(out + c * row_bytes, x + t * row_bytes, static_cast<size_t>(row_bytes));
+    const bool stream = streams(num_chunks * row_bytes);
+#pragma omp parallel if (total * row_bytes >= 4 * kMinParallelWork)
+    {
+#pragma omp for schedule(static) nowait
+        for (int64_t t = 0; t < total; ++t) {
+            const int64_t c = chunk_id[t];
+            if (mask[t] && c >= 0 && c < num_chunks)
+                write_bytes(out + c * row_bytes, x + t * row_bytes, row_bytes, stream);
+        }
+        streaming_fence();
     }
 }
 

@@ -37,18 +37,25 @@ int64_t task_columns(int64_t dim, int64_t nseq) {
     return std::min(width, kMaxTaskColumns);
 }
 
-// Calls task(first_chunk, end_chunk, d0, width) for every (sequence, column group), in parallel.
-template <class F>
+// Calls task(first_chunk, end_chunk, d0, width, out) for every (sequence, column group), in
+// parallel; `out` is the thread's RowOutput for the (C, D) output, streamed when that is large.
+template <class T, class F>
 void for_each_task(const int32_t* cu, int64_t nseq, int64_t num_chunks, int64_t dim, F&& task) {
     const int64_t width = task_columns(dim, nseq);
     const int64_t col_tasks = (dim + width - 1) / width;
-#pragma omp parallel for collapse(2) schedule(dynamic) if (num_chunks * dim >= kMinParallelWork)
-    for (int64_t s = 0; s < nseq; ++s) {
-        for (int64_t ct = 0; ct < col_tasks; ++ct) {
-            const int64_t d0 = ct * width;
-            const int64_t first = cu[s], end = cu[s + 1];
-            if (first < end) task(first, end, d0, std::min(dim, d0 + width) - d0);
+    const bool stream = streams(num_chunks * dim * static_cast<int64_t>(sizeof(T)));
+#pragma omp parallel if (num_chunks * dim >= kMinParallelWork)
+    {
+        RowOutput<T> out(stream, width);
+#pragma omp for collapse(2) schedule(dynamic) nowait
+        for (int64_t s = 0; s < nseq; ++s) {
+            for (int64_t ct = 0; ct < col_tasks; ++ct) {
+                const int64_t d0 = ct * width;
+                const int64_t first = cu[s], end = cu[s + 1];
+                if (first < end) task(first, end, d0, std::min(dim, d0 + width) - d0, out);
+            }
         }
+        streaming_fence();
     }
 }
 
@@ -63,16 +70,18 @@ template <class T, bool bidirectional>
 void forward(const T* z, const compute_t<T>* p, const int32_t* cu, int64_t nseq,
              int64_t num_chunks, int64_t dim, T* out) {
     using C = compute_t<T>;
-    auto task = [&](int64_t first, int64_t end, int64_t d0, int64_t w) {
+    auto task = [&](int64_t first, int64_t end, int64_t d0, int64_t w, RowOutput<T>& rows) {
         std::vector<C> e(static_cast<size_t>(w), C(0));
         if constexpr (!bidirectional) {
             for (int64_t c = first; c < end; ++c) {
                 if (c + kAhead < end) {
                     prefetch(z + (c + kAhead) * dim + d0, w);
-                    prefetch(out + (c + kAhead) * dim + d0, w, true);
+                    if (!rows.streamed()) prefetch(out + (c + kAhead) * dim + d0, w, true);
                 }
                 ema_step(e.data(), z + c * dim + d0, p[c], w);
-                for (int64_t d = 0; d < w; ++d) store(out + c * dim + d0, d, e[d]);
+                T* oc = rows.begin(out + c * dim + d0);
+                for (int64_t d = 0; d < w; ++d) store(oc, d, e[d]);
+                rows.done(w);
             }
             return;
         }
@@ -95,16 +104,18 @@ void forward(const T* z, const compute_t<T>* p, const int32_t* cu, int64_t nseq,
             for (int64_t c = b1 - 1; c >= b0; --c) {
                 // the rows the next (left) block will recompute from
                 if (c - kBlock >= first) prefetch(z + (c - kBlock) * dim + d0, w);
-                if (c - 2 >= first) prefetch(out + (c - 2) * dim + d0, w, true);
+                if (c - 2 >= first && !rows.streamed())
+                    prefetch(out + (c - 2) * dim + d0, w, true);
                 ema_step(r.data(), z + c * dim + d0, p[c], w);
                 const C* ec = eb.data() + (c - b0) * w;
-                T* oc = out + c * dim + d0;
+                T* oc = rows.begin(out + c * dim + d0);
 #pragma omp simd
                 for (int64_t d = 0; d < w; ++d) store(oc, d, (ec[d] + r[d]) / 2);
+                rows.done(w);
             }
         }
     };
-    for_each_task(cu, nseq, num_chunks, dim, task);
+    for_each_task<T>(cu, nseq, num_chunks, dim, task);
 }
 
 template <class T, bool bidirectional>
@@ -115,7 +126,7 @@ void backward(const T* dout, const T* z, const compute_t<T>* p, const int32_t* c
     constexpr C scale = bidirectional ? C(0.5) : C(1);
     constexpr int64_t kStates = bidirectional ? 2 : 1;  // e, and H
     std::vector<C> dp_part(static_cast<size_t>(col_blocks * num_chunks));
-    auto task = [&](int64_t first, int64_t end, int64_t d0, int64_t w) {
+    auto task = [&](int64_t first, int64_t end, int64_t d0, int64_t w, RowOutput<T>& rows) {
         const int64_t nblocks = (end - first + kBlock - 1) / kBlock;
         // running e and H; their values entering each block; per block e_{c-1} and H_c
         std::vector<C> run(static_cast<size_t>(kStates * w), C(0));
@@ -166,12 +177,13 @@ void backward(const T* dout, const T* z, const compute_t<T>* p, const int32_t* c
                 const C* hc = e_prev + w;  // read when bidirectional
                 const T* zc = z + c * dim + d0;
                 const T* gc = dout + c * dim + d0;
-                T* dzc = dz + c * dim + d0;
+                T* dzc = rows.begin(dz + c * dim + d0);
                 if (c - kBlock >= first) {  // the rows the next (left) block recomputes from
                     prefetch(zc - kBlock * dim, w);
                     prefetch(gc - kBlock * dim, w);
                 }
-                if (c - 2 >= first) prefetch(dzc - 2 * dim, w, true);
+                if (c - 2 >= first && !rows.streamed())
+                    prefetch(dz + (c - 2) * dim + d0, w, true);
                 for (int64_t k0 = 0; k0 < w; k0 += kColumnBlock) {
                     const int64_t k1 = std::min(w, k0 + kColumnBlock);
                     C part = 0;
@@ -190,10 +202,11 @@ void backward(const T* dout, const T* z, const compute_t<T>* p, const int32_t* c
                     }
                     dp_part[((d0 + k0) / kColumnBlock) * num_chunks + c] = part;
                 }
+                rows.done(w);
             }
         }
     };
-    for_each_task(cu, nseq, num_chunks, dim, task);
+    for_each_task<T>(cu, nseq, num_chunks, dim, task);
 #pragma omp parallel for schedule(static) if (num_chunks * col_blocks >= kMinParallelWork)
     for (int64_t c = 0; c < num_chunks; ++c) {
         C acc = 0;

@@ -1,7 +1,6 @@
 // Row gathers and the deterministic segment sum (with, for chunk_scatter's backward, the
 // confidence gradient in the same pass), on CPU.
 #include <algorithm>
-#include <cstring>
 #include <vector>
 
 #include "cpu/routing_common.h"
@@ -45,6 +44,7 @@ void segment_sum_impl(const T* src, uintptr_t seg_id, bool seg_is64, const int64
             begin.push_back(j);
     begin.push_back(n);
     const int64_t runs = static_cast<int64_t>(begin.size()) - 1;
+    const bool stream = streams(num_segments * dim * static_cast<int64_t>(sizeof(T)));
     if (!dense) {
         // zero only the segments no run writes (all-zero bits are 0.0 in every float dtype)
         std::vector<uint8_t> written(static_cast<size_t>(num_segments), 0);
@@ -52,10 +52,15 @@ void segment_sum_impl(const T* src, uintptr_t seg_id, bool seg_is64, const int64
             const int64_t s = load_index(seg_id, seg_is64, begin[r]);
             if (s >= 0 && s < num_segments) written[static_cast<size_t>(s)] = 1;
         }
-        const size_t row_bytes = static_cast<size_t>(dim) * sizeof(T);
-#pragma omp parallel for schedule(static) if (num_segments * dim >= kMinParallelWork)
-        for (int64_t s = 0; s < num_segments; ++s)
-            if (!written[static_cast<size_t>(s)]) std::memset(out + s * dim, 0, row_bytes);
+        const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(T));
+#pragma omp parallel if (num_segments * dim >= kMinParallelWork)
+        {
+#pragma omp for schedule(static) nowait
+            for (int64_t s = 0; s < num_segments; ++s)
+                if (!written[static_cast<size_t>(s)])
+                    write_bytes(out + s * dim, nullptr, row_bytes, stream);
+            streaming_fence();
+        }
     }
     const int64_t width = segment_task_columns(dim, runs, conf.dp != nullptr);
     // (one task per run when dim is 0: the confidence gradient is still written, as 0)
@@ -64,7 +69,8 @@ void segment_sum_impl(const T* src, uintptr_t seg_id, bool seg_is64, const int64
 #pragma omp parallel if (n * dim >= kMinParallelWork)
     {
         std::vector<C> acc(static_cast<size_t>(width));
-#pragma omp for collapse(2) schedule(dynamic, 8)
+        RowOutput<T> sums(stream, width);
+#pragma omp for collapse(2) schedule(dynamic, 8) nowait
         for (int64_t r = 0; r < runs; ++r) {
             for (int64_t ct = 0; ct < col_tasks; ++ct) {
                 const int64_t s = load_index(seg_id, seg_is64, begin[r]);
@@ -90,10 +96,14 @@ void segment_sum_impl(const T* src, uintptr_t seg_id, bool seg_is64, const int64
                         if (conf.dp) conf.dp[j] = 0;
                     }
                 }
-                if (valid)
-                    for (int64_t d = 0; d < w; ++d) store(out + s * dim + d0, d, a[d]);
+                if (valid) {
+                    T* o = sums.begin(out + s * dim + d0);
+                    for (int64_t d = 0; d < w; ++d) store(o, d, a[d]);
+                    sums.done(w);
+                }
             }
         }
+        streaming_fence();
     }
 }
 
@@ -105,14 +115,17 @@ void gather_rows(uintptr_t src_addr, uintptr_t index, bool index_is64, uintptr_t
     const uint8_t* keep = ptr<const uint8_t>(keep_addr);
     char* out = ptr<char>(out_addr);
     advise_huge_pages(out_addr, n * row_bytes);
-#pragma omp parallel for schedule(static) if (n * row_bytes >= 4 * kMinParallelWork)
-    for (int64_t i = 0; i < n; ++i) {
-        int64_t r = load_index(index, index_is64, i);
-        char* dst = out + i * row_bytes;
-        if ((keep == nullptr || keep[i]) && r >= 0 && r < rows)
-            std::memcpy(dst, src + r * row_bytes, static_cast<size_t>(row_bytes));
-        else
-            std::memset(dst, 0, static_cast<size_t>(row_bytes));
+    const bool stream = streams(n * row_bytes);
+#pragma omp parallel if (n * row_bytes >= 4 * kMinParallelWork)
+    {
+#pragma omp for schedule(static) nowait
+        for (int64_t i = 0; i < n; ++i) {
+            const int64_t r = load_index(index, index_is64, i);
+            const bool copy = (keep == nullptr || keep[i]) && r >= 0 && r < rows;
+            write_bytes(out + i * row_bytes, copy ? src + r * row_bytes : nullptr, row_bytes,
+                        stream);
+        }
+        streaming_fence();
     }
 }
 
