@@ -176,8 +176,8 @@ inline void write_bytes(void* dst, const void* src, int64_t bytes, bool stream) 
     };
 #if defined(__SSE2__)
     if (stream) {
-        const int64_t head =
-            std::min<int64_t>(bytes, (16 - static_cast<int64_t>(reinterpret_cast<uintptr_t>(d) % 16)) % 16);
+        const int64_t misalignment = static_cast<int64_t>(reinterpret_cast<uintptr_t>(d) % 16);
+        const int64_t head = std::min<int64_t>(bytes, (16 - misalignment) % 16);
         plain(d, s, head);
         int64_t i = head;
         for (; i + 16 <= bytes; i += 16) {
