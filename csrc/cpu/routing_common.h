@@ -23,7 +23,7 @@
 #include <omp.h>
 #endif
 #if defined(__SSE2__)
-#include <emmintrin.h>
+#include <immintrin.h>
 #endif
 
 namespace mmhnet {
@@ -161,9 +161,34 @@ inline bool streams(int64_t output_bytes) {
     return output_bytes > 0 && output_bytes >= streaming_bytes();
 }
 
-// Writes `bytes` bytes of src to dst (zeros when src is null); with `stream`, the 16-byte
-// aligned middle of dst by streaming stores (on x86; elsewhere plain copies). A thread that
-// streamed must call streaming_fence() before other threads read what it wrote.
+#if defined(__SSE2__)
+// One streaming store of the widest vector the build targets (x86 only).
+#if defined(__AVX512F__)
+constexpr int64_t kStreamVector = 64;
+inline void stream_vector(char* dst, const char* src) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(dst),
+                        src ? _mm512_loadu_si512(src) : _mm512_setzero_si512());
+}
+#elif defined(__AVX__)
+constexpr int64_t kStreamVector = 32;
+inline void stream_vector(char* dst, const char* src) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(dst),
+                        src ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src))
+                            : _mm256_setzero_si256());
+}
+#else
+constexpr int64_t kStreamVector = 16;
+inline void stream_vector(char* dst, const char* src) {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst),
+                     src ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(src))
+                         : _mm_setzero_si128());
+}
+#endif
+#endif
+
+// Writes `bytes` bytes of src to dst (zeros when src is null); with `stream`, the vector-aligned
+// middle of dst by streaming stores (on x86; elsewhere plain copies). A thread that streamed must
+// call streaming_fence() before other threads read what it wrote.
 inline void write_bytes(void* dst, const void* src, int64_t bytes, bool stream) {
     char* d = static_cast<char*>(dst);
     const char* s = static_cast<const char*>(src);
@@ -176,15 +201,13 @@ inline void write_bytes(void* dst, const void* src, int64_t bytes, bool stream) 
     };
 #if defined(__SSE2__)
     if (stream) {
-        const int64_t misalignment = static_cast<int64_t>(reinterpret_cast<uintptr_t>(d) % 16);
-        const int64_t head = std::min<int64_t>(bytes, (16 - misalignment) % 16);
+        const int64_t misalignment =
+            static_cast<int64_t>(reinterpret_cast<uintptr_t>(d) % kStreamVector);
+        const int64_t head = std::min<int64_t>(bytes, (kStreamVector - misalignment) % kStreamVector);
         plain(d, s, head);
         int64_t i = head;
-        for (; i + 16 <= bytes; i += 16) {
-            const __m128i v =
-                s ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)) : _mm_setzero_si128();
-            _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), v);
-        }
+        for (; i + kStreamVector <= bytes; i += kStreamVector)
+            stream_vector(d + i, s ? s + i : nullptr);
         plain(d + i, s ? s + i : nullptr, bytes - i);
         return;
     }
