@@ -47,8 +47,11 @@ def test_opcheck(backend):
         ]
     # the backward ops (no autograd of their own)
     dz = torch.randn(a["x"].shape[0], a["z"].shape[1], device=a["z"].device)
+    stats = mm.route_boundaries(a["q"], a["k"], a["cu"], backend)[2]
+    no_stats = a["q"].new_empty(0)  # recomputed by the backward
     backward_cases = [
-        (mm.route_boundaries_bwd, (a["p"], a["q"], a["k"], a["cu"], backend)),
+        (mm.route_boundaries_bwd, (a["p"], a["q"], a["k"], a["cu"], stats, backend)),
+        (mm.route_boundaries_bwd, (a["p"], a["q"], a["k"], a["cu"], no_stats, backend)),
         (mm.chunk_scatter_bwd, (dz, a["z"], a["chunk_id"], a["p"], a["mask"], backend)),
     ]
     if backend != "cuda":

@@ -499,3 +499,19 @@ def test_streamed_cases_stream():
 def test_streamed_marker_sets_threshold():
     native = pytest.importorskip("mmhnet._C")
     assert native.routing_streaming_bytes() == 0
+
+
+@pytest.mark.parametrize("backend", with_cpu_streamed(
+    [p for p in backend_params("route_boundaries") if p.values[0] == "cpu"]))
+def test_cpu_boundaries_backward_without_saved_stats(backend):
+    """route_boundaries' CPU backward reuses the statistics its forward kept; given none (an
+    empty tensor), it computes them again: the same gradients, bit for bit."""
+    q, k, _, cu = make_case("random")
+    q, k = q.float(), k.float()
+    p, _, stats = torch.ops.mmhnet.route_boundaries(q, k, cu, backend)
+    assert stats.shape == (q.shape[0], 3)
+    dp = torch.randn_like(p)
+    with_stats = torch.ops.mmhnet.route_boundaries_bwd(dp, q, k, cu, stats, backend)
+    without = torch.ops.mmhnet.route_boundaries_bwd(dp, q, k, cu, q.new_empty(0), backend)
+    for a, b in zip(with_stats, without):
+        assert torch.equal(a, b)

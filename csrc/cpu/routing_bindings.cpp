@@ -17,11 +17,13 @@ void register_routing_cpu_kernels(py::module_& m) {
     auto nogil = py::call_guard<py::gil_scoped_release>();
     m.def("routing_boundaries", &boundaries_forward, nogil, py::arg("q"), py::arg("k"),
           py::arg("cu_seqlens"), py::arg("nseq"), py::arg("total"), py::arg("dim"),
-          py::arg("dtype"), py::arg("p"), py::arg("mask"),
-          "Boundary probabilities p (compute type) and mask of adjacent tokens.");
+          py::arg("dtype"), py::arg("p"), py::arg("mask"), py::arg("stats"),
+          "Boundary probabilities p (compute type) and mask of adjacent tokens, and the "
+          "per-token statistics the backward reuses.");
     m.def("routing_boundaries_bwd", &boundaries_backward, nogil, py::arg("dp"), py::arg("q"),
           py::arg("k"), py::arg("cu_seqlens"), py::arg("nseq"), py::arg("total"), py::arg("dim"),
-          py::arg("dtype"), py::arg("dq"), py::arg("dk"), "Backward of routing_boundaries.");
+          py::arg("dtype"), py::arg("stats"), py::arg("dq"), py::arg("dk"),
+          "Backward of routing_boundaries (with the forward's statistics).");
     m.def("routing_chunk_index", &chunk_index, nogil, py::arg("mask"), py::arg("cu_seqlens"),
           py::arg("nseq"), py::arg("total"), py::arg("chunk_id"), py::arg("chunk_cu_seqlens"),
           "chunk_id and chunk_cu_seqlens from a prefix sum of the boundary mask.");

@@ -5,6 +5,8 @@
 // Backward, with g_t = -dp_t / 2 where the clamp passes (0 <= v <= 1) and t is not a start:
 //   dq_t = g_t / (nq_t nk_{t-1}) k_{t-1} - [|q_t| > eps] g_t cos_t / nq_t^2 q_t
 //   dk_t = g_{t+1} / (nk_t nq_{t+1}) q_{t+1} - [|k_t| > eps] g_{t+1} cos_{t+1} / nk_t^2 k_t
+// The forward keeps the statistics of every token, (|q_t|, |k_t|, q_t . k_{t-1}), 12 bytes a
+// token, so the backward reads q and k only to form the gradients, without reducing them again.
 #include <algorithm>
 #include <vector>
 
@@ -22,42 +24,6 @@ std::vector<uint8_t> start_flags(const int32_t* cu, int64_t nseq, int64_t total)
     for (int64_t s = 0; s < nseq; ++s)
         if (cu[s] < cu[s + 1]) starts[cu[s]] = 1;
     return starts;
-}
-
-// |a|^2, |b|^2 and a . b in one pass (vectorised: the reductions may be reassociated).
-template <class T>
-void pair_dots(const T* a, const T* b, int64_t dim, compute_t<T>& aa, compute_t<T>& bb,
-               compute_t<T>& ab) {
-    compute_t<T> s_aa = 0, s_bb = 0, s_ab = 0;
-#pragma omp simd reduction(+ : s_aa, s_bb, s_ab)
-    for (int64_t d = 0; d < dim; ++d) {
-        compute_t<T> x = load(a, d), y = load(b, d);
-        s_aa += x * x;
-        s_bb += y * y;
-        s_ab += x * y;
-    }
-    aa = s_aa;
-    bb = s_bb;
-    ab = s_ab;
-}
-
-template <class T>
-void forward(const T* q, const T* k, const int32_t* cu, int64_t nseq, int64_t total, int64_t dim,
-             compute_t<T>* p, uint8_t* mask) {
-    using C = compute_t<T>;
-    std::vector<uint8_t> starts = start_flags(cu, nseq, total);
-#pragma omp parallel for schedule(static) if (total * dim >= kMinParallelWork)
-    for (int64_t t = 0; t < total; ++t) {
-        C pt = 1;
-        if (!starts[t]) {
-            C qq, kk, qk;
-            pair_dots(q + t * dim, k + (t - 1) * dim, dim, qq, kk, qk);
-            C cos = qk / (std::max<C>(std::sqrt(qq), C(kEps)) * std::max<C>(std::sqrt(kk), C(kEps)));
-            pt = std::min<C>(std::max<C>((1 - cos) / 2, 0), 1);
-        }
-        p[t] = pt;
-        mask[t] = pt > C(0.5);
-    }
 }
 
 // |q_t|, |k_t| and q_t . k_{t-1} (0 for t = 0).
@@ -84,11 +50,42 @@ RowStats<T> row_stats(const T* q, const T* k, int64_t t, int64_t dim) {
     return {std::sqrt(qq), std::sqrt(kk), prev_weight * cross};
 }
 
-// One pass: a thread walks its range of tokens keeping the statistics of t-1, t and
-// t+1, so every row of q and k comes from memory once and the neighbours from cache.
+// (stats: the (T, 3) rows |q_t|, |k_t|, q_t . k_{t-1} kept by the forward)
+template <class T>
+RowStats<T> saved_stats(const compute_t<T>* stats, int64_t t) {
+    return {stats[3 * t], stats[3 * t + 1], stats[3 * t + 2]};
+}
+
+// One pass: a thread walks its range of tokens; the statistics of t-1 carry over.
+template <class T>
+void forward(const T* q, const T* k, const int32_t* cu, int64_t nseq, int64_t total, int64_t dim,
+             compute_t<T>* p, uint8_t* mask, compute_t<T>* stats) {
+    using C = compute_t<T>;
+    const std::vector<uint8_t> starts = start_flags(cu, nseq, total);
+    const C eps = C(kEps);
+    parallel_ranges(total, total * dim, [&](int64_t lo, int64_t hi) {
+        RowStats<T> prev = lo > 0 ? row_stats(q, k, lo - 1, dim) : RowStats<T>{};
+        for (int64_t t = lo; t < hi; ++t) {
+            const RowStats<T> cur = row_stats(q, k, t, dim);
+            C pt = 1;
+            if (!starts[t]) {
+                const C cos = cur.qk / (std::max(cur.rq, eps) * std::max(prev.rk, eps));
+                pt = std::min<C>(std::max<C>((1 - cos) / 2, 0), 1);
+            }
+            p[t] = pt;
+            mask[t] = pt > C(0.5);
+            stats[3 * t] = cur.rq;
+            stats[3 * t + 1] = cur.rk;
+            stats[3 * t + 2] = cur.qk;
+            prev = cur;
+        }
+    });
+}
+
+// One pass over q and k, with the statistics the forward kept.
 template <class T>
 void backward(const compute_t<T>* dp, const T* q, const T* k, const int32_t* cu, int64_t nseq,
-              int64_t total, int64_t dim, T* dq, T* dk) {
+              int64_t total, int64_t dim, const compute_t<T>* stats, T* dq, T* dk) {
     using C = compute_t<T>;
     const std::vector<uint8_t> starts = start_flags(cu, nseq, total);
     const C eps = C(kEps);
@@ -104,10 +101,13 @@ void backward(const compute_t<T>* dp, const T* q, const T* k, const int32_t* cu,
     const bool stream = streams(total * dim * static_cast<int64_t>(sizeof(T)));
     parallel_ranges(total, total * dim, [&](int64_t lo, int64_t hi) {
         RowOutput<T> out_q(stream, dim), out_k(stream, dim);
-        RowStats<T> prev = lo > 0 ? row_stats(q, k, lo - 1, dim) : RowStats<T>{};
-        RowStats<T> cur = row_stats(q, k, lo, dim);
+        auto stats_of = [&](int64_t t) {
+            return t >= 0 && t < total ? saved_stats<T>(stats, t) : RowStats<T>{};
+        };
+        RowStats<T> prev = stats_of(lo - 1);
+        RowStats<T> cur = stats_of(lo);
         for (int64_t t = lo; t < hi; ++t) {
-            const RowStats<T> next = t + 1 < total ? row_stats(q, k, t + 1, dim) : RowStats<T>{};
+            const RowStats<T> next = stats_of(t + 1);
             C cos0, g0, cos1, g1;
             pair(t, cur, prev.rk, cos0, g0);
             pair(t + 1, next, cur.rk, cos1, g1);
@@ -139,22 +139,24 @@ void backward(const compute_t<T>* dp, const T* q, const T* k, const int32_t* cu,
 }  // namespace
 
 void boundaries_forward(uintptr_t q, uintptr_t k, uintptr_t cu, int64_t nseq, int64_t total,
-                        int64_t dim, int dtype, uintptr_t p, uintptr_t mask) {
+                        int64_t dim, int dtype, uintptr_t p, uintptr_t mask, uintptr_t stats) {
     dispatch(dtype, "routing_boundaries", [&](auto tag) {
         using T = decltype(tag);
         forward<T>(ptr<const T>(q), ptr<const T>(k), ptr<const int32_t>(cu), nseq, total, dim,
-                   ptr<compute_t<T>>(p), ptr<uint8_t>(mask));
+                   ptr<compute_t<T>>(p), ptr<uint8_t>(mask), ptr<compute_t<T>>(stats));
     });
 }
 
 void boundaries_backward(uintptr_t dp, uintptr_t q, uintptr_t k, uintptr_t cu, int64_t nseq,
-                         int64_t total, int64_t dim, int dtype, uintptr_t dq, uintptr_t dk) {
+                         int64_t total, int64_t dim, int dtype, uintptr_t stats, uintptr_t dq,
+                         uintptr_t dk) {
     dispatch(dtype, "routing_boundaries_bwd", [&](auto tag) {
         using T = decltype(tag);
         advise_huge_pages(dq, total * dim * static_cast<int64_t>(sizeof(T)));
         advise_huge_pages(dk, total * dim * static_cast<int64_t>(sizeof(T)));
         backward<T>(ptr<const compute_t<T>>(dp), ptr<const T>(q), ptr<const T>(k),
-                    ptr<const int32_t>(cu), nseq, total, dim, ptr<T>(dq), ptr<T>(dk));
+                    ptr<const int32_t>(cu), nseq, total, dim, ptr<const compute_t<T>>(stats),
+                    ptr<T>(dq), ptr<T>(dk));
     });
 }
 

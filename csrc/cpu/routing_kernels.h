@@ -12,12 +12,14 @@
 namespace mmhnet {
 namespace routing {
 
-// p (T,) compute type, mask (T,) from q, k (T, D).
+// p (T,) compute type, mask (T,) from q, k (T, D), and the (T, 3) compute type rows
+// stats = (|q_t|, |k_t|, q_t . k_{t-1}) (0 for t = 0) that the backward reuses.
 void boundaries_forward(uintptr_t q, uintptr_t k, uintptr_t cu, int64_t nseq, int64_t total,
-                        int64_t dim, int dtype, uintptr_t p, uintptr_t mask);
-// dq, dk (T, D) from dp (T,) compute type.
+                        int64_t dim, int dtype, uintptr_t p, uintptr_t mask, uintptr_t stats);
+// dq, dk (T, D) from dp (T,) compute type and the forward's stats.
 void boundaries_backward(uintptr_t dp, uintptr_t q, uintptr_t k, uintptr_t cu, int64_t nseq,
-                         int64_t total, int64_t dim, int dtype, uintptr_t dq, uintptr_t dk);
+                         int64_t total, int64_t dim, int dtype, uintptr_t stats, uintptr_t dq,
+                         uintptr_t dk);
 
 // chunk_id (T,) int32 = inclusive prefix sum of mask - 1; chunk_cu (nseq+1,) int32 = boundaries
 // before each offset. cu values must lie in [0, T].

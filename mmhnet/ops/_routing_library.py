@@ -57,44 +57,62 @@ def check_chunk_id_values(chunk_id, num_chunks):
 # route_boundaries
 # ----------------------------------------------------------------------------------------------
 
+# The ops return, after p and mask, the per-token statistics (T, 3) that the backend's backward
+# reuses ((|q_t|, |k_t|, q_t . k_{t-1}); the cpu backend keeps them), or an empty tensor where
+# the backward recomputes them. The public functions drop them.
+
+def _stats_or_empty(stats, q):
+    return q.new_empty(0, dtype=_compute_dtype(q)) if stats is None else stats
+
+
+def _fake_stats(q, backend):
+    return q.new_empty((q.shape[0], 3) if backend == "cpu" else (0,), dtype=_compute_dtype(q))
+
+
+def _compute_dtype(q):
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
 @torch.library.custom_op("mmhnet::route_boundaries", mutates_args=())
 def _route_boundaries(q: torch.Tensor, k: torch.Tensor, cu_seqlens: Optional[torch.Tensor],
-                      backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
+                      backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     total = q.shape[0]
     check_cu_seqlens_values(cu_seqlens, total)
-    p, mask = backend_module(backend).boundaries(q, k, _offsets(cu_seqlens, total, q.device))
-    return p, mask
+    p, mask, stats = backend_module(backend).boundaries(q, k, _offsets(cu_seqlens, total,
+                                                                       q.device))
+    return p, mask, _stats_or_empty(stats, q)
 
 
 @_route_boundaries.register_fake
 def _(q, k, cu_seqlens, backend):
-    pdt = torch.float64 if q.dtype == torch.float64 else torch.float32
-    return q.new_empty(q.shape[0], dtype=pdt), q.new_empty(q.shape[0], dtype=torch.bool)
+    return (q.new_empty(q.shape[0], dtype=_compute_dtype(q)),
+            q.new_empty(q.shape[0], dtype=torch.bool), _fake_stats(q, backend))
 
 
 @torch.library.custom_op("mmhnet::route_boundaries_bwd", mutates_args=())
 def _route_boundaries_bwd(dp: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                          cu_seqlens: Optional[torch.Tensor], backend: str
+                          cu_seqlens: Optional[torch.Tensor], stats: torch.Tensor, backend: str
                           ) -> Tuple[torch.Tensor, torch.Tensor]:
     cu = _offsets(cu_seqlens, q.shape[0], q.device)
-    dq, dk = backend_module(backend).boundaries_backward(dp.contiguous(), q, k, cu)
+    dq, dk = backend_module(backend).boundaries_backward(
+        dp.contiguous(), q, k, cu, stats if stats.numel() else None)
     return dq.to(q.dtype), dk.to(k.dtype)
 
 
 @_route_boundaries_bwd.register_fake
-def _(dp, q, k, cu_seqlens, backend):
+def _(dp, q, k, cu_seqlens, stats, backend):
     return torch.empty_like(q), torch.empty_like(k)
 
 
 def _route_setup(ctx, inputs, output):
     q, k, cu_seqlens, backend = inputs
-    ctx.save_for_backward(q, k, cu_seqlens)
+    ctx.save_for_backward(q, k, cu_seqlens, output[2])
     ctx.backend = backend
 
 
-def _route_backward(ctx, dp, dmask):
-    q, k, cu_seqlens = ctx.saved_tensors
-    dq, dk = torch.ops.mmhnet.route_boundaries_bwd(dp, q, k, cu_seqlens, ctx.backend)
+def _route_backward(ctx, dp, dmask, dstats):
+    q, k, cu_seqlens, stats = ctx.saved_tensors
+    dq, dk = torch.ops.mmhnet.route_boundaries_bwd(dp, q, k, cu_seqlens, stats, ctx.backend)
     return dq, dk, None, None
 
 
@@ -206,20 +224,21 @@ torch.library.register_autograd("mmhnet::chunk_gather", _gather_backward,
 def _route_and_gather(q: torch.Tensor, k: torch.Tensor, x: torch.Tensor,
                       cu_seqlens: Optional[torch.Tensor], backend: str
                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                 torch.Tensor, torch.Tensor]:
+                                 torch.Tensor, torch.Tensor, torch.Tensor]:
     impl = backend_module(backend)
     total = q.shape[0]
     check_cu_seqlens_values(cu_seqlens, total)
     cu = _offsets(cu_seqlens, total, q.device)
     fused = getattr(impl, "route_index", None)
     routed = fused(q, k, cu) if fused else None
+    stats = None
     if routed is None:
-        p, mask = impl.boundaries(q, k, cu)
+        p, mask, stats = impl.boundaries(q, k, cu)
         routed = (p, mask) + tuple(impl.chunk_index(mask, cu))
     p, mask, chunk_id, chunk_cu = routed
     num_chunks = int(chunk_cu[-1])  # the host sync that sizes x_chunks
     x_chunks, p_chunks = _compact(impl, x, p, mask, chunk_id, num_chunks)
-    return p, mask, x_chunks, chunk_cu, chunk_id, p_chunks
+    return p, mask, x_chunks, chunk_cu, chunk_id, p_chunks, _stats_or_empty(stats, q)
 
 
 @_route_and_gather.register_fake
@@ -227,23 +246,24 @@ def _(q, k, x, cu_seqlens, backend):
     num_chunks = torch.library.get_ctx().new_dynamic_size()
     total = q.shape[0]
     nseq = 1 if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    pdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    pdt = _compute_dtype(q)
     return (q.new_empty(total, dtype=pdt), q.new_empty(total, dtype=torch.bool),
             x.new_empty(num_chunks, x.shape[1]), q.new_empty(nseq + 1, dtype=torch.int32),
-            q.new_empty(total, dtype=torch.int32), q.new_empty(num_chunks, dtype=pdt))
+            q.new_empty(total, dtype=torch.int32), q.new_empty(num_chunks, dtype=pdt),
+            _fake_stats(q, backend))
 
 
 def _route_gather_setup(ctx, inputs, output):
     q, k, x, cu_seqlens, backend = inputs
-    ctx.save_for_backward(q, k, cu_seqlens, output[1], output[4])
+    ctx.save_for_backward(q, k, cu_seqlens, output[1], output[4], output[6])
     ctx.backend = backend
 
 
-def _route_gather_backward(ctx, dp, dmask, dx_chunks, dchunk_cu, dchunk_id, dp_chunks):
-    q, k, cu_seqlens, mask, chunk_id = ctx.saved_tensors
+def _route_gather_backward(ctx, dp, dmask, dx_chunks, dchunk_cu, dchunk_id, dp_chunks, dstats):
+    q, k, cu_seqlens, mask, chunk_id, stats = ctx.saved_tensors
     dx, dp_gathered = _expand(dx_chunks, dp_chunks, chunk_id, mask, ctx.backend)
     # p reaches the loss directly and through p_chunks = p[mask]
-    dq, dk = torch.ops.mmhnet.route_boundaries_bwd(dp + dp_gathered, q, k, cu_seqlens,
+    dq, dk = torch.ops.mmhnet.route_boundaries_bwd(dp + dp_gathered, q, k, cu_seqlens, stats,
                                                   ctx.backend)
     return dq, dk, dx, None, None
 

@@ -35,22 +35,32 @@ def _index(t):
 
 
 def boundaries(q, k, cu):
+    """On CPU also the (T, 3) statistics the backward reuses; None on CUDA."""
     q, k = q.contiguous(), k.contiguous()
     total, dim = q.shape
     p = empty((total,), _cd(q), q.device)
     mask = torch.empty(total, dtype=torch.bool, device=q.device)
-    _call("routing_boundaries", q.device, q.data_ptr(), k.data_ptr(), cu.data_ptr(),
-          cu.shape[0] - 1, total, dim, DTYPE_CODES[q.dtype], p.data_ptr(), mask.data_ptr())
-    return p, mask
+    args = [q.data_ptr(), k.data_ptr(), cu.data_ptr(), cu.shape[0] - 1, total, dim,
+            DTYPE_CODES[q.dtype], p.data_ptr(), mask.data_ptr()]
+    stats = None
+    if q.device.type == "cpu":
+        stats = empty((total, 3), _cd(q), q.device)
+        args.append(stats.data_ptr())
+    _call("routing_boundaries", q.device, *args)
+    return p, mask, stats
 
 
-def boundaries_backward(dp, q, k, cu):
+def boundaries_backward(dp, q, k, cu, stats):
     q, k = q.contiguous(), k.contiguous()
     dp = dp.to(_cd(q)).contiguous()
     dq, dk = empty(q.shape, q.dtype, q.device), empty(k.shape, k.dtype, k.device)
-    _call("routing_boundaries_bwd", q.device, dp.data_ptr(), q.data_ptr(), k.data_ptr(),
-          cu.data_ptr(), cu.shape[0] - 1, q.shape[0], q.shape[1], DTYPE_CODES[q.dtype],
-          dq.data_ptr(), dk.data_ptr())
+    args = [dp.data_ptr(), q.data_ptr(), k.data_ptr(), cu.data_ptr(), cu.shape[0] - 1,
+            q.shape[0], q.shape[1], DTYPE_CODES[q.dtype]]
+    if q.device.type == "cpu":
+        if stats is None:
+            stats = boundaries(q, k, cu)[2]
+        args.append(stats.contiguous().data_ptr())
+    _call("routing_boundaries_bwd", q.device, *args, dq.data_ptr(), dk.data_ptr())
     return dq, dk
 
 

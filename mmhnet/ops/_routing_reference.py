@@ -5,8 +5,10 @@ op runs below the autograd dispatch key, so autograd cannot differentiate inside
 Every backend module of the routing ops (``_routing_reference``, ``_routing_triton``,
 ``_routing_native``) provides the same primitives, which ``_routing_library.py`` composes:
 
-    boundaries(q, k, cu)                      -> p (T,) float, mask (T,) bool
-    boundaries_backward(dp, q, k, cu)         -> dq, dk
+    boundaries(q, k, cu)                      -> p (T,) float, mask (T,) bool, stats: None, or
+                                                 (T, 3) float rows (|q_t|, |k_t|, q_t . k_{t-1})
+                                                 that the backend's backward reuses
+    boundaries_backward(dp, q, k, cu, stats)  -> dq, dk (stats as boundaries returned them)
     chunk_index(mask, cu)                     -> chunk_id (T,) int32, chunk_cu (nseq+1,) int32
     compact_rows(x, mask, chunk_id, C)        -> (C, dim): row chunk_id[t] = x[t] where mask[t]
     expand_rows(src, chunk_id, mask)          -> (T, dim): src[chunk_id[t]], or 0 where mask is
@@ -44,7 +46,7 @@ NORM_EPS = 1e-12  # F.normalize's eps: x / max(|x|, eps)
 
 
 def boundaries(q, k, cu):
-    return ref.route_boundaries_reference(q, k, cu)
+    return (*ref.route_boundaries_reference(q, k, cu), None)
 
 
 def _normalize_backward(x, xn, norm, dxn):
@@ -53,7 +55,7 @@ def _normalize_backward(x, xn, norm, dxn):
     return torch.where(norm > NORM_EPS, tangent, dxn / NORM_EPS)
 
 
-def boundaries_backward(dp, q, k, cu):
+def boundaries_backward(dp, q, k, cu, stats):
     cd = _compute_dtype(q)
     total = q.shape[0]
     qc, kc = q.to(cd), k.to(cd)

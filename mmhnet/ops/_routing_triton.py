@@ -23,10 +23,10 @@ def _c(t):
 
 def boundaries(q, k, cu):
     _check(q=q, k=k)
-    return K.boundaries_fwd(_c(q), _c(k), cu)
+    return (*K.boundaries_fwd(_c(q), _c(k), cu), None)
 
 
-def boundaries_backward(dp, q, k, cu):
+def boundaries_backward(dp, q, k, cu, stats):
     _check(q=q, k=k)
     return K.boundaries_bwd(_c(dp), _c(q), _c(k), cu)
 

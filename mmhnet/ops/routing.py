@@ -66,7 +66,8 @@ def route_boundaries(q, k, cu_seqlens=None, *, backend=None):
     check_same_device([("q", q), ("k", k), ("cu_seqlens", cu_seqlens)])
     check_cu_seqlens_meta(cu_seqlens, 1)
     be = _backend(backend, q.device, "route_boundaries")
-    return torch.ops.mmhnet.route_boundaries(q, k, _int32(cu_seqlens), be)
+    p, mask, _ = torch.ops.mmhnet.route_boundaries(q, k, _int32(cu_seqlens), be)
+    return p, mask
 
 
 def chunk_gather(x, mask, cu_seqlens=None, *, p=None, backend=None):
@@ -113,7 +114,7 @@ def route_and_gather(q, k, x, cu_seqlens=None, *, backend=None):
     check_same_device([("q", q), ("k", k), ("x", x), ("cu_seqlens", cu_seqlens)])
     check_cu_seqlens_meta(cu_seqlens, 1)
     be = _backend(backend, q.device, "route_and_gather")
-    return torch.ops.mmhnet.route_and_gather(q, k, x, _int32(cu_seqlens), be)
+    return torch.ops.mmhnet.route_and_gather(q, k, x, _int32(cu_seqlens), be)[:6]
 
 
 def chunk_scatter(z_chunks, chunk_id, *, p=None, mask=None, backend=None):
