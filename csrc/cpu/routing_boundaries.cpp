@@ -100,7 +100,7 @@ void backward(const compute_t<T>* dp, const T* q, const T* k, const int32_t* cu,
     };
     const bool stream = streams(total * dim * static_cast<int64_t>(sizeof(T)));
     parallel_ranges(total, total * dim, [&](int64_t lo, int64_t hi) {
-        RowOutput<T> out_q(stream, dim), out_k(stream, dim);
+        RowOutput<T> out_q(stream), out_k(stream);
         auto stats_of = [&](int64_t t) {
             return t >= 0 && t < total ? saved_stats<T>(stats, t) : RowStats<T>{};
         };
@@ -121,15 +121,16 @@ void backward(const compute_t<T>* dp, const T* q, const T* k, const int32_t* cu,
             // at the ends a0 (a1) is 0, so any row stands in for the missing neighbour
             const T* kprev = t > 0 ? kt - dim : kt;
             const T* qnext = t + 1 < total ? qt + dim : qt;
-            T* dqt = out_q.begin(dq + t * dim);
-            T* dkt = out_k.begin(dk + t * dim);
+            out_q.write(dq + t * dim, dim, [&](T* o, int64_t d0, int64_t m) {
 #pragma omp simd
-            for (int64_t d = 0; d < dim; ++d) {
-                store(dqt, d, a0 * load(kprev, d) - b0 * load(qt, d));
-                store(dkt, d, a1 * load(qnext, d) - b1 * load(kt, d));
-            }
-            out_q.done(dim);
-            out_k.done(dim);
+                for (int64_t j = 0; j < m; ++j)
+                    store(o, j, a0 * load(kprev, d0 + j) - b0 * load(qt, d0 + j));
+            });
+            out_k.write(dk + t * dim, dim, [&](T* o, int64_t d0, int64_t m) {
+#pragma omp simd
+                for (int64_t j = 0; j < m; ++j)
+                    store(o, j, a1 * load(qnext, d0 + j) - b1 * load(kt, d0 + j));
+            });
             prev = cur;
             cur = next;
         }

@@ -22,7 +22,8 @@ namespace mmhnet {
 namespace routing {
 namespace {
 
-constexpr int64_t kColumnBlock = 64;      // dp partial sums
+constexpr int64_t kColumnBlock = 64;      // dp partial sums, and the dz pieces written
+static_assert(kColumnBlock <= RowOutput<float>::kBlock, "a dz piece must fit RowOutput's block");
 constexpr int64_t kMaxTaskColumns = 256;  // a task's block buffers stay in L2
 constexpr int64_t kBlock = 32;            // chunks between stored states
 constexpr int64_t kAhead = 8;             // rows prefetched ahead in left-to-right sweeps
@@ -46,7 +47,7 @@ void for_each_task(const int32_t* cu, int64_t nseq, int64_t num_chunks, int64_t 
     const bool stream = streams(num_chunks * dim * static_cast<int64_t>(sizeof(T)));
 #pragma omp parallel if (num_chunks * dim >= kMinParallelWork)
     {
-        RowOutput<T> out(stream, width);
+        RowOutput<T> out(stream);
 #pragma omp for collapse(2) schedule(dynamic) nowait
         for (int64_t s = 0; s < nseq; ++s) {
             for (int64_t ct = 0; ct < col_tasks; ++ct) {
@@ -79,9 +80,9 @@ void forward(const T* z, const compute_t<T>* p, const int32_t* cu, int64_t nseq,
                     if (!rows.streamed()) prefetch(out + (c + kAhead) * dim + d0, w, true);
                 }
                 ema_step(e.data(), z + c * dim + d0, p[c], w);
-                T* oc = rows.begin(out + c * dim + d0);
-                for (int64_t d = 0; d < w; ++d) store(oc, d, e[d]);
-                rows.done(w);
+                rows.write(out + c * dim + d0, w, [&](T* o, int64_t j0, int64_t m) {
+                    for (int64_t j = 0; j < m; ++j) store(o, j, e[j0 + j]);
+                });
             }
             return;
         }
@@ -108,10 +109,10 @@ void forward(const T* z, const compute_t<T>* p, const int32_t* cu, int64_t nseq,
                     prefetch(out + (c - 2) * dim + d0, w, true);
                 ema_step(r.data(), z + c * dim + d0, p[c], w);
                 const C* ec = eb.data() + (c - b0) * w;
-                T* oc = rows.begin(out + c * dim + d0);
+                rows.write(out + c * dim + d0, w, [&](T* o, int64_t j0, int64_t m) {
 #pragma omp simd
-                for (int64_t d = 0; d < w; ++d) store(oc, d, (ec[d] + r[d]) / 2);
-                rows.done(w);
+                    for (int64_t j = 0; j < m; ++j) store(o, j, (ec[j0 + j] + r[j0 + j]) / 2);
+                });
             }
         }
     };
@@ -177,7 +178,6 @@ void backward(const T* dout, const T* z, const compute_t<T>* p, const int32_t* c
                 const C* hc = e_prev + w;  // read when bidirectional
                 const T* zc = z + c * dim + d0;
                 const T* gc = dout + c * dim + d0;
-                T* dzc = rows.begin(dz + c * dim + d0);
                 if (c - kBlock >= first) {  // the rows the next (left) block recomputes from
                     prefetch(zc - kBlock * dim, w);
                     prefetch(gc - kBlock * dim, w);
@@ -186,6 +186,7 @@ void backward(const T* dout, const T* z, const compute_t<T>* p, const int32_t* c
                     prefetch(dz + (c - 2) * dim + d0, w, true);
                 for (int64_t k0 = 0; k0 < w; k0 += kColumnBlock) {
                     const int64_t k1 = std::min(w, k0 + kColumnBlock);
+                    T* dzc = rows.begin(dz + c * dim + d0 + k0);  // columns k0 .. k1-1
                     C part = 0;
 #pragma omp simd reduction(+ : part)
                     for (int64_t d = k0; d < k1; ++d) {
@@ -198,11 +199,11 @@ void backward(const T* dout, const T* z, const compute_t<T>* p, const int32_t* c
                             part += hc[d] * (zd - r[d]);
                             r[d] = pc * zd + (1 - pc) * r[d];
                         }
-                        store(dzc, d, pc * total);
+                        store(dzc, d - k0, pc * total);
                     }
+                    rows.done(k1 - k0);
                     dp_part[((d0 + k0) / kColumnBlock) * num_chunks + c] = part;
                 }
-                rows.done(w);
             }
         }
     };

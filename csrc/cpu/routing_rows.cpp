@@ -69,7 +69,7 @@ void segment_sum_impl(const T* src, uintptr_t seg_id, bool seg_is64, const int64
 #pragma omp parallel if (n * dim >= kMinParallelWork)
     {
         std::vector<C> acc(static_cast<size_t>(width));
-        RowOutput<T> sums(stream, width);
+        RowOutput<T> sums(stream);
 #pragma omp for collapse(2) schedule(dynamic, 8) nowait
         for (int64_t r = 0; r < runs; ++r) {
             for (int64_t ct = 0; ct < col_tasks; ++ct) {
@@ -97,9 +97,9 @@ void segment_sum_impl(const T* src, uintptr_t seg_id, bool seg_is64, const int64
                     }
                 }
                 if (valid) {
-                    T* o = sums.begin(out + s * dim + d0);
-                    for (int64_t d = 0; d < w; ++d) store(o, d, a[d]);
-                    sums.done(w);
+                    sums.write(out + s * dim + d0, w, [&](T* o, int64_t j0, int64_t m) {
+                        for (int64_t j = 0; j < m; ++j) store(o, j, a[j0 + j]);
+                    });
                 }
             }
         }
