@@ -490,7 +490,7 @@ def test_cpu_routing_above_the_streaming_size():
 def test_streamed_cases_stream():
     """The cpu_streamed marker really sets the threshold to 0 (and only for its tests)."""
     native = pytest.importorskip("mmhnet._C")
-    assert native.routing_streaming_bytes() == 16 << 20
+    assert native.routing_streaming_bytes() == 4 << 20
     with pytest.raises(ValueError, match="bytes must be >= 0, got -1"):
         native.set_routing_streaming_bytes(-1)
 
