@@ -32,54 +32,67 @@ struct RowStats {
     compute_t<T> rq = 0, rk = 0, qk = 0;
 };
 
-template <class T>
-RowStats<T> row_stats(const T* q, const T* k, int64_t t, int64_t dim) {
-    using C = compute_t<T>;
-    const T* qt = q + t * dim;
-    const T* kt = k + t * dim;
-    const T* kp = t > 0 ? kt - dim : kt;
-    const C prev_weight = t > 0 ? C(1) : C(0);
-    C qq = 0, kk = 0, cross = 0;
-#pragma omp simd reduction(+ : qq, kk, cross)
-    for (int64_t d = 0; d < dim; ++d) {
-        C qv = load(qt, d), kv = load(kt, d);
-        qq += qv * qv;
-        kk += kv * kv;
-        cross += qv * load(kp, d);
-    }
-    return {std::sqrt(qq), std::sqrt(kk), prev_weight * cross};
-}
-
 // (stats: the (T, 3) rows |q_t|, |k_t|, q_t . k_{t-1} kept by the forward)
 template <class T>
 RowStats<T> saved_stats(const compute_t<T>* stats, int64_t t) {
     return {stats[3 * t], stats[3 * t + 1], stats[3 * t + 2]};
 }
 
-// One pass: a thread walks its range of tokens; the statistics of t-1 carry over.
+template <class T>
+compute_t<T> squared_norm(const T* a, int64_t dim) {
+    compute_t<T> sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t d = 0; d < dim; ++d) sum += load(a, d) * load(a, d);
+    return sum;
+}
+
+// |a|^2, |b|^2 and a . b in one pass (vectorised: the reductions may be reassociated).
+template <class T>
+void pair_dots(const T* a, const T* b, int64_t dim, compute_t<T>& aa, compute_t<T>& bb,
+               compute_t<T>& ab) {
+    compute_t<T> s_aa = 0, s_bb = 0, s_ab = 0;
+#pragma omp simd reduction(+ : s_aa, s_bb, s_ab)
+    for (int64_t d = 0; d < dim; ++d) {
+        const compute_t<T> x = load(a, d), y = load(b, d);
+        s_aa += x * x;
+        s_bb += y * y;
+        s_ab += x * y;
+    }
+    aa = s_aa;
+    bb = s_bb;
+    ab = s_ab;
+}
+
+// The pair (q_t, k_{t-1}) gives p_t and the statistics |q_t|, q_t . k_{t-1} of token t and
+// |k_{t-1}| of token t-1; |q_0| and |k_{T-1}| belong to no pair and are reduced apart.
 template <class T>
 void forward(const T* q, const T* k, const int32_t* cu, int64_t nseq, int64_t total, int64_t dim,
              compute_t<T>* p, uint8_t* mask, compute_t<T>* stats) {
     using C = compute_t<T>;
+    if (total == 0) return;
     const std::vector<uint8_t> starts = start_flags(cu, nseq, total);
     const C eps = C(kEps);
-    parallel_ranges(total, total * dim, [&](int64_t lo, int64_t hi) {
-        RowStats<T> prev = lo > 0 ? row_stats(q, k, lo - 1, dim) : RowStats<T>{};
-        for (int64_t t = lo; t < hi; ++t) {
-            const RowStats<T> cur = row_stats(q, k, t, dim);
-            C pt = 1;
-            if (!starts[t]) {
-                const C cos = cur.qk / (std::max(cur.rq, eps) * std::max(prev.rk, eps));
-                pt = std::min<C>(std::max<C>((1 - cos) / 2, 0), 1);
-            }
-            p[t] = pt;
-            mask[t] = pt > C(0.5);
-            stats[3 * t] = cur.rq;
-            stats[3 * t + 1] = cur.rk;
-            stats[3 * t + 2] = cur.qk;
-            prev = cur;
+    stats[0] = std::sqrt(squared_norm(q, dim));
+    stats[2] = 0;
+    stats[3 * (total - 1) + 1] = std::sqrt(squared_norm(k + (total - 1) * dim, dim));
+    p[0] = 1;  // token 0 starts a sequence
+    mask[0] = 1;
+#pragma omp parallel for schedule(static) if (total * dim >= kMinParallelWork)
+    for (int64_t t = 1; t < total; ++t) {
+        C qq, kk, qk;
+        pair_dots(q + t * dim, k + (t - 1) * dim, dim, qq, kk, qk);
+        const C rq = std::sqrt(qq), rk_prev = std::sqrt(kk);
+        stats[3 * t] = rq;
+        stats[3 * (t - 1) + 1] = rk_prev;
+        stats[3 * t + 2] = qk;
+        C pt = 1;
+        if (!starts[t]) {
+            const C cos = qk / (std::max(rq, eps) * std::max(rk_prev, eps));
+            pt = std::min<C>(std::max<C>((1 - cos) / 2, 0), 1);
         }
-    });
+        p[t] = pt;
+        mask[t] = pt > C(0.5);
+    }
 }
 
 // One pass over q and k, with the statistics the forward kept.
