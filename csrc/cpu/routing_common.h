@@ -204,7 +204,8 @@ inline void write_bytes(void* dst, const void* src, int64_t bytes, bool stream) 
     if (stream) {
         const int64_t misalignment =
             static_cast<int64_t>(reinterpret_cast<uintptr_t>(d) % kStreamVector);
-        const int64_t head = std::min<int64_t>(bytes, (kStreamVector - misalignment) % kStreamVector);
+        const int64_t head =
+            std::min<int64_t>(bytes, (kStreamVector - misalignment) % kStreamVector);
         plain(d, s, head);
         int64_t i = head;
         for (; i + kStreamVector <= bytes; i += kStreamVector)
