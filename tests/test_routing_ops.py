@@ -515,3 +515,6 @@ def test_cpu_boundaries_backward_without_saved_stats(backend):
     without = torch.ops.mmhnet.route_boundaries_bwd(dp, q, k, cu, q.new_empty(0), backend)
     for a, b in zip(with_stats, without):
         assert torch.equal(a, b)
+    for bad in (stats[:-1], stats.double(), stats[:, :2]):
+        with pytest.raises(ValueError, match="stats must be empty or route_boundaries'"):
+            torch.ops.mmhnet.route_boundaries_bwd(dp, q, k, cu, bad, backend)

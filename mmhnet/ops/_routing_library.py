@@ -94,6 +94,11 @@ def _route_boundaries_bwd(dp: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                           cu_seqlens: Optional[torch.Tensor], stats: torch.Tensor, backend: str
                           ) -> Tuple[torch.Tensor, torch.Tensor]:
     cu = _offsets(cu_seqlens, q.shape[0], q.device)
+    if stats.numel() and (stats.shape != (q.shape[0], 3) or stats.dtype != _compute_dtype(q)
+                          or stats.device != q.device):
+        raise ValueError(f"stats must be empty or route_boundaries' ({q.shape[0]}, 3) "
+                         f"{_compute_dtype(q)} statistics on {q.device}, got "
+                         f"{tuple(stats.shape)} {stats.dtype} on {stats.device}")
     dq, dk = backend_module(backend).boundaries_backward(
         dp.contiguous(), q, k, cu, stats if stats.numel() else None)
     return dq.to(q.dtype), dk.to(k.dtype)
