@@ -8,6 +8,7 @@ from helpers import TOL, assert_close_rel, random_cu_seqlens
 from mmhnet.ops import (chunk_gather, chunk_scatter, ema_smooth, ratio_loss, route_and_gather,
                         route_boundaries, token_gather, token_scatter)
 from mmhnet.ops import reference as ref
+from mmhnet.ops._backend import native_module
 from routing_cases import (CASES, DTYPES, backend_device, backend_params, make_case,
                            make_packed, with_cpu_streamed)
 
@@ -452,15 +453,17 @@ def test_sequences_longer_than_kernel_blocks(backend):
     assert torch.equal(cid.cpu(), cid_ref)
 
 
-def test_cpu_routing_above_the_streaming_size():
+CPU_ROUTING = [p for p in backend_params("route_and_gather") if p.values[0] == "cpu"]
+
+
+@pytest.mark.parametrize("backend", CPU_ROUTING)
+def test_cpu_routing_above_the_streaming_size(backend):
     """At the default threshold: route_and_gather then chunk_scatter with the confidence, with
     token outputs (dq, dk, dx, the scattered rows) and chunk outputs (x_chunks, the segment sums)
     large enough that the CPU kernels stream their stores, in rows of 999 float32 (not 16-byte
     aligned), against the float64 references. (The EMA's streamed path is checked by the
     cpu-streamed cases above: its float64 reference is too slow at this size.)"""
-    native = pytest.importorskip("mmhnet._C")
-    if not hasattr(native, "routing_streaming_bytes"):
-        pytest.skip("mmhnet._C is not built with the CPU routing kernels")
+    native = native_module("_C")
     q, k, x, cu = make_packed([4100, 1, 4899], 999, "random")
     total, dim = x.shape
     _, mask_ref = ref.route_boundaries_reference(q, k, cu)
@@ -472,33 +475,35 @@ def test_cpu_routing_above_the_streaming_size():
             p, mask = ref.route_boundaries_reference(q, k, cu)
             xc, _, cid = ref.chunk_gather_reference(x, mask, cu)
             return ref.chunk_scatter_reference(xc * p[mask, None], cid, p=p, mask=mask)
-        p, mask, xc, _, cid, pc = route_and_gather(q, k, x, cu, backend="cpu")
-        return chunk_scatter(xc * pc[:, None], cid, p=p, mask=mask, backend="cpu")
+        p, mask, xc, _, cid, pc = route_and_gather(q, k, x, cu, backend=backend)
+        return chunk_scatter(xc * pc[:, None], cid, p=p, mask=mask, backend=backend)
 
     leaves_ref = [_leaf(t) for t in (q, k, x)]
     out_ref = run(*leaves_ref, "reference")
     dout = torch.randn_like(out_ref)
     grads_ref = _grads(out_ref, leaves_ref, dout)
     leaves = [_leaf(t, torch.float32) for t in (q, k, x)]
-    out = run(*leaves, "cpu")
+    out = run(*leaves, backend)
     grads = _grads(out, leaves, dout.float())
     assert_close_rel(out, out_ref, TOL[torch.float32], "out")
     for name, g, g_ref in zip(("dq", "dk", "dx"), grads, grads_ref):
         assert_close_rel(g, g_ref, TOL[torch.float32], name)
 
 
-def test_streamed_cases_stream():
-    """The cpu_streamed marker really sets the threshold to 0 (and only for its tests)."""
-    native = pytest.importorskip("mmhnet._C")
+@pytest.mark.parametrize("backend", CPU_ROUTING)
+def test_streaming_threshold_default_and_errors(backend):
+    """Unmarked tests run at the default threshold; a negative one is a ValueError."""
+    native = native_module("_C")
     assert native.routing_streaming_bytes() == 4 << 20
     with pytest.raises(ValueError, match="bytes must be >= 0, got -1"):
         native.set_routing_streaming_bytes(-1)
 
 
+@pytest.mark.parametrize("backend", CPU_ROUTING)
 @pytest.mark.cpu_streamed
-def test_streamed_marker_sets_threshold():
-    native = pytest.importorskip("mmhnet._C")
-    assert native.routing_streaming_bytes() == 0
+def test_streamed_marker_sets_threshold(backend):
+    """The cpu_streamed marker really sets the threshold to 0 for its tests."""
+    assert native_module("_C").routing_streaming_bytes() == 0
 
 
 @pytest.mark.parametrize("backend", with_cpu_streamed(

@@ -11,6 +11,7 @@ from typing import Optional, Tuple
 import torch
 
 from ._checks import check_cu_seqlens_values
+from .reference import compute_dtype
 
 
 def backend_module(backend):
@@ -62,15 +63,11 @@ def check_chunk_id_values(chunk_id, num_chunks):
 # the backward recomputes them. The public functions drop them.
 
 def _stats_or_empty(stats, q):
-    return q.new_empty(0, dtype=_compute_dtype(q)) if stats is None else stats
+    return q.new_empty(0, dtype=compute_dtype(q)) if stats is None else stats
 
 
 def _fake_stats(q, backend):
-    return q.new_empty((q.shape[0], 3) if backend == "cpu" else (0,), dtype=_compute_dtype(q))
-
-
-def _compute_dtype(q):
-    return torch.float64 if q.dtype == torch.float64 else torch.float32
+    return q.new_empty((q.shape[0], 3) if backend == "cpu" else (0,), dtype=compute_dtype(q))
 
 
 @torch.library.custom_op("mmhnet::route_boundaries", mutates_args=())
@@ -85,7 +82,7 @@ def _route_boundaries(q: torch.Tensor, k: torch.Tensor, cu_seqlens: Optional[tor
 
 @_route_boundaries.register_fake
 def _(q, k, cu_seqlens, backend):
-    return (q.new_empty(q.shape[0], dtype=_compute_dtype(q)),
+    return (q.new_empty(q.shape[0], dtype=compute_dtype(q)),
             q.new_empty(q.shape[0], dtype=torch.bool), _fake_stats(q, backend))
 
 
@@ -94,10 +91,10 @@ def _route_boundaries_bwd(dp: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                           cu_seqlens: Optional[torch.Tensor], stats: torch.Tensor, backend: str
                           ) -> Tuple[torch.Tensor, torch.Tensor]:
     cu = _offsets(cu_seqlens, q.shape[0], q.device)
-    if stats.numel() and (stats.shape != (q.shape[0], 3) or stats.dtype != _compute_dtype(q)
+    if stats.numel() and (stats.shape != (q.shape[0], 3) or stats.dtype != compute_dtype(q)
                           or stats.device != q.device):
         raise ValueError(f"stats must be empty or route_boundaries' ({q.shape[0]}, 3) "
-                         f"{_compute_dtype(q)} statistics on {q.device}, got "
+                         f"{compute_dtype(q)} statistics on {q.device}, got "
                          f"{tuple(stats.shape)} {stats.dtype} on {stats.device}")
     dq, dk = backend_module(backend).boundaries_backward(
         dp.contiguous(), q, k, cu, stats if stats.numel() else None)
@@ -251,7 +248,7 @@ def _(q, k, x, cu_seqlens, backend):
     num_chunks = torch.library.get_ctx().new_dynamic_size()
     total = q.shape[0]
     nseq = 1 if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    pdt = _compute_dtype(q)
+    pdt = compute_dtype(q)
     return (q.new_empty(total, dtype=pdt), q.new_empty(total, dtype=torch.bool),
             x.new_empty(num_chunks, x.shape[1]), q.new_empty(nseq + 1, dtype=torch.int32),
             q.new_empty(total, dtype=torch.int32), q.new_empty(num_chunks, dtype=pdt),
@@ -460,7 +457,7 @@ def _ratio_loss(mask: torch.Tensor, p: torch.Tensor, target_ratio: float,
 
 @_ratio_loss.register_fake
 def _(mask, p, target_ratio, backend):
-    return p.new_empty((), dtype=torch.float64 if p.dtype == torch.float64 else torch.float32)
+    return p.new_empty((), dtype=compute_dtype(p))
 
 
 def _ratio_setup(ctx, inputs, output):

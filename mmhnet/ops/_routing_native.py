@@ -8,6 +8,7 @@ import torch
 from mmhnet._alloc import empty
 
 from ._backend import native_module
+from .reference import compute_dtype as _cd
 
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
@@ -21,10 +22,6 @@ def _call(name, device, *args):
 
 def _addr(t):
     return 0 if t is None else t.data_ptr()
-
-
-def _cd(t):
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _index(t):

@@ -36,10 +36,7 @@ or int64 and already validated.
 import torch
 
 from . import reference_routing as ref
-
-
-def _compute_dtype(t):
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+from .reference import compute_dtype
 
 
 NORM_EPS = 1e-12  # F.normalize's eps: x / max(|x|, eps)
@@ -56,7 +53,7 @@ def _normalize_backward(x, xn, norm, dxn):
 
 
 def boundaries_backward(dp, q, k, cu, stats):
-    cd = _compute_dtype(q)
+    cd = compute_dtype(q)
     total = q.shape[0]
     qc, kc = q.to(cd), k.to(cd)
     nq = qc.norm(dim=-1, keepdim=True)
@@ -94,13 +91,13 @@ def expand_rows(src, chunk_id, mask):
 
 def segment_sum(src, seg_id, num_segments, order):
     rows = src if order is None else src.index_select(0, order.long())
-    cd = _compute_dtype(src)
+    cd = compute_dtype(src)
     out = torch.zeros(num_segments, src.shape[1], dtype=cd, device=src.device)
     return out.index_add(0, seg_id.long(), rows.to(cd)).to(src.dtype)
 
 
 def confidence_grad(dz, z_chunks, chunk_id, mask):
-    cd = _compute_dtype(z_chunks)
+    cd = compute_dtype(z_chunks)
     dc = (dz.to(cd) * z_chunks.index_select(0, chunk_id.long()).to(cd)).sum(-1)
     return torch.where(mask, dc, -dc)
 
@@ -122,7 +119,7 @@ def ema_backward(de, z, p, cu, bidirectional):
     """With a = 1 - p: the adjoint of e (G, right to left) is G_c = de_c + a_{c+1} G_{c+1}, that
     of r (H, left to right) is H_c = dr_c + a_{c-1} H_{c-1}; then dz_c = p_c (G_c + H_c) and
     dp_c = sum_d G_c (z_c - e_{c-1}) + H_c (z_c - r_{c+1})."""
-    cd = _compute_dtype(z)
+    cd = compute_dtype(z)
     total, dim = z.shape
     layout = ref.padded_layout(cu, total, z.device)
     if layout is None:
@@ -158,5 +155,5 @@ def gather_rows(x, index):
 
 
 def mask_p_means(mask, p):
-    cd = _compute_dtype(p)
+    cd = compute_dtype(p)
     return torch.stack([mask.to(cd).mean(), p.to(cd).mean()])
