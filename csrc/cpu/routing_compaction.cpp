@@ -29,16 +29,14 @@ void compact_rows(uintptr_t x_addr, uintptr_t mask_addr, uintptr_t chunk_id_addr
     char* out = ptr<char>(out_addr);
     advise_huge_pages(out_addr, num_chunks * row_bytes);
     const bool stream = streams(num_chunks * row_bytes);
-#pragma omp parallel if (total * row_bytes >= 4 * kMinParallelWork)
-    {
-#pragma omp for schedule(static) nowait
-        for (int64_t t = 0; t < total; ++t) {
+    // (work in elements of 4 bytes, as kMinParallelWork counts them)
+    parallel_ranges(total, total * row_bytes / 4, [&](int64_t lo, int64_t hi) {
+        for (int64_t t = lo; t < hi; ++t) {
             const int64_t c = chunk_id[t];
             if (mask[t] && c >= 0 && c < num_chunks)
                 write_bytes(out + c * row_bytes, x + t * row_bytes, row_bytes, stream);
         }
-        streaming_fence();
-    }
+    });
 }
 
 }  // namespace routing

@@ -53,14 +53,11 @@ void segment_sum_impl(const T* src, uintptr_t seg_id, bool seg_is64, const int64
             if (s >= 0 && s < num_segments) written[static_cast<size_t>(s)] = 1;
         }
         const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(T));
-#pragma omp parallel if (num_segments * dim >= kMinParallelWork)
-        {
-#pragma omp for schedule(static) nowait
-            for (int64_t s = 0; s < num_segments; ++s)
+        parallel_ranges(num_segments, num_segments * dim, [&](int64_t lo, int64_t hi) {
+            for (int64_t s = lo; s < hi; ++s)
                 if (!written[static_cast<size_t>(s)])
                     write_bytes(out + s * dim, nullptr, row_bytes, stream);
-            streaming_fence();
-        }
+        });
     }
     const int64_t width = segment_task_columns(dim, runs, conf.dp != nullptr);
     // (one task per run when dim is 0: the confidence gradient is still written, as 0)
@@ -116,17 +113,15 @@ void gather_rows(uintptr_t src_addr, uintptr_t index, bool index_is64, uintptr_t
     char* out = ptr<char>(out_addr);
     advise_huge_pages(out_addr, n * row_bytes);
     const bool stream = streams(n * row_bytes);
-#pragma omp parallel if (n * row_bytes >= 4 * kMinParallelWork)
-    {
-#pragma omp for schedule(static) nowait
-        for (int64_t i = 0; i < n; ++i) {
+    // (work in elements of 4 bytes, as kMinParallelWork counts them)
+    parallel_ranges(n, n * row_bytes / 4, [&](int64_t lo, int64_t hi) {
+        for (int64_t i = lo; i < hi; ++i) {
             const int64_t r = load_index(index, index_is64, i);
             const bool copy = (keep == nullptr || keep[i]) && r >= 0 && r < rows;
             write_bytes(out + i * row_bytes, copy ? src + r * row_bytes : nullptr, row_bytes,
                         stream);
         }
-        streaming_fence();
-    }
+    });
 }
 
 void segment_sum(uintptr_t src, uintptr_t seg_id, bool seg_is64, uintptr_t order, int64_t n,
