@@ -431,7 +431,7 @@ def test_sequences_longer_than_kernel_blocks(backend):
     lengths = [70, 3, 45]
     cu = random_cu_seqlens(lengths)
     z = torch.randn(sum(lengths), 5, dtype=torch.float64)
-    pc = torch.rand(sum(lengths), dtype=torch.float64).clamp(1e-4, 1 - 1e-4)
+    pc = 0.01 + 0.98 * torch.rand(sum(lengths), dtype=torch.float64)  # clear of the clamp
     zr, pr = _leaf(z), _leaf(pc)
     out_ref = ref.ema_smooth_reference(zr, pr, cu, True)
     dout = torch.randn_like(out_ref)
@@ -488,6 +488,30 @@ def test_cpu_routing_above_the_streaming_size(backend):
     assert_close_rel(out, out_ref, TOL[torch.float32], "out")
     for name, g, g_ref in zip(("dq", "dk", "dx"), grads, grads_ref):
         assert_close_rel(g, g_ref, TOL[torch.float32], name)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["forward", "bidirectional"])
+@pytest.mark.parametrize("dim", [64, 200])
+@pytest.mark.parametrize("backend,dtype", [p for p in _dtype_params("ema_smooth")
+                                           if p.values[0] == "cpu"])
+def test_cpu_ema_over_register_tiles(backend, dtype, dim, bidirectional):
+    """The CPU EMA keeps the states of 64 columns at a time in registers: whole tiles and a
+    remainder (dim 200 = 3 x 64 + 8), several column tasks per sequence, and sequences that
+    end exactly on, just past and inside a 32-chunk block, against the float64 reference."""
+    lengths = [70, 1, 33, 0, 32, 5]
+    cu = random_cu_seqlens(lengths)
+    z = torch.randn(sum(lengths), dim, dtype=torch.float64).to(dtype).double()
+    pc = (0.01 + 0.98 * torch.rand(sum(lengths), dtype=torch.float64)).to(dtype).double()
+    zr, pr = _leaf(z), _leaf(pc)
+    out_ref = ref.ema_smooth_reference(zr, pr, cu, bidirectional)
+    dout = torch.randn_like(out_ref).to(dtype).double()
+    dz_ref, dp_ref = _grads(out_ref, (zr, pr), dout)
+    zb, pb = _leaf(z, dtype), _leaf(pc, dtype)
+    out = ema_smooth(zb, pb, cu, bidirectional, backend=backend)
+    dz, dp = _grads(out, (zb, pb), dout.to(dtype))
+    assert_close_rel(out, out_ref, TOL[dtype], "out")
+    assert_close_rel(dz, dz_ref, TOL[dtype], "dz_chunks")
+    assert_close_rel(dp, dp_ref, TOL[dtype], "dp_chunks")
 
 
 @pytest.mark.parametrize("backend", CPU_ROUTING)

@@ -5,14 +5,17 @@
 //   G_c = de_c + a_{c+1} G_{c+1},  H_c = dr_c + a_{c-1} H_{c-1}
 //   dz_c = p_c (G_c + H_c),  dp_c = sum_d G_c (z_c - e_{c-1}) + H_c (z_c - r_{c+1})
 //
-// One task per (sequence, group of at most kMaxTaskColumns columns). The left-to-right
-// recurrences (e, and H in the bidirectional backward) are needed while walking right to left:
-// a first sweep keeps only their value entering every block of kBlock chunks, and the
-// right-to-left sweep recomputes them block by block into a cache-resident buffer. So nothing of
-// size (C, D) is written besides the output, and z and dout are read twice.
-// dp is summed per block of kColumnBlock columns and then over the blocks in a fixed order, so
-// results do not depend on the thread count.
+// One task per (sequence, group of at most kMaxTaskColumns columns). Rows are walked in blocks
+// of kBlock chunks; inside a block, one tile of kTile columns at a time, so a tile's recurrence
+// states stay in registers while the block's rows stay in L1/L2.
+// The left-to-right recurrences (e, and H in the bidirectional backward) are needed while walking
+// right to left: a first sweep keeps only their value entering every block, and the right-to-left
+// sweep recomputes them block by block into a tile-sized buffer. So nothing of size (C, D) is
+// written besides the output, and z and dout are read twice.
+// dp is summed per tile of kTile columns and then over the tiles in a fixed order, so results do
+// not depend on the thread count.
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/routing_common.h"
@@ -22,20 +25,18 @@ namespace mmhnet {
 namespace routing {
 namespace {
 
-constexpr int64_t kColumnBlock = 64;      // dp partial sums, and the dz pieces written
-static_assert(kColumnBlock <= RowOutput<float>::kBlock, "a dz piece must fit RowOutput's block");
-constexpr int64_t kMaxTaskColumns = 256;  // a task's block buffers stay in L2
+constexpr int64_t kTile = 64;  // columns whose states live in registers; dp partial sums
+static_assert(kTile <= RowOutput<float>::kBlock, "a tile's row must fit RowOutput's block");
+constexpr int64_t kMaxTaskColumns = 256;  // a task's block of rows stays in L1/L2
 constexpr int64_t kBlock = 32;            // chunks between stored states
-constexpr int64_t kAhead = 8;             // rows prefetched ahead in left-to-right sweeps
 
-// Columns per task, a multiple of kColumnBlock: at most kMaxTaskColumns, fewer when there are
-// too few sequences to give every thread about two tasks.
+// Columns per task, a multiple of kTile: at most kMaxTaskColumns, fewer when there are too few
+// sequences to give every thread about two tasks.
 int64_t task_columns(int64_t dim, int64_t nseq) {
     const int64_t threads = max_threads();
-    const int64_t blocks = std::max<int64_t>(1, (dim + kColumnBlock - 1) / kColumnBlock);
-    const int64_t splits = std::min(blocks, std::max<int64_t>(1, (2 * threads + nseq - 1) / nseq));
-    const int64_t width = (blocks + splits - 1) / splits * kColumnBlock;
-    return std::min(width, kMaxTaskColumns);
+    const int64_t tiles = std::max<int64_t>(1, (dim + kTile - 1) / kTile);
+    const int64_t splits = std::min(tiles, std::max<int64_t>(1, (2 * threads + nseq - 1) / nseq));
+    return std::min((tiles + splits - 1) / splits * kTile, kMaxTaskColumns);
 }
 
 // Calls task(first_chunk, end_chunk, d0, width, out) for every (sequence, column group), in
@@ -60,11 +61,34 @@ void for_each_task(const int32_t* cu, int64_t nseq, int64_t num_chunks, int64_t 
     }
 }
 
-// One step of the EMA on w columns: st = p z + (1 - p) st.
+// Calls tile(d, n) for the tiles of columns [d0, d0 + w): n is a compile-time kTile for the full
+// tiles (so their loops unroll and their states stay in registers) and the remainder for the last.
+template <class F>
+inline void for_each_tile(int64_t d0, int64_t w, F&& tile) {
+    int64_t d = d0;
+    for (; d + kTile <= d0 + w; d += kTile) tile(d, std::integral_constant<int64_t, kTile>{});
+    if (d < d0 + w) tile(d, d0 + w - d);
+}
+
+// Rows [b0, b1) of the block starting at `b0` of a task on columns [d0, d0 + w) that starts at
+// chunk `first`: the rows one block away (`ahead` = +-1) are prefetched while the first tile runs.
 template <class T>
-inline void ema_step(compute_t<T>* st, const T* z, compute_t<T> p, int64_t w) {
+inline void prefetch_block_row(const T* x, int64_t row, int64_t first, int64_t end, int64_t dim,
+                               int64_t d0, int64_t w) {
+    if (row >= first && row < end) prefetch(x + row * dim + d0, w);
+}
+
+// One EMA step on a tile: s = p z + (1 - p) s.
+template <class T, class C, class N>
+inline void ema_step(C* s, const T* z, C p, N n) {
 #pragma omp simd
-    for (int64_t d = 0; d < w; ++d) st[d] = p * load(z, d) + (1 - p) * st[d];
+    for (int64_t j = 0; j < n; ++j) s[j] = p * load(z, j) + (1 - p) * s[j];
+}
+
+template <class C, class N>
+inline void copy_tile(C* dst, const C* src, N n) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) dst[j] = src[j];
 }
 
 template <class T, bool bidirectional>
@@ -72,46 +96,56 @@ void forward(const T* z, const compute_t<T>* p, const int32_t* cu, int64_t nseq,
              int64_t num_chunks, int64_t dim, T* out) {
     using C = compute_t<T>;
     auto task = [&](int64_t first, int64_t end, int64_t d0, int64_t w, RowOutput<T>& rows) {
-        std::vector<C> e(static_cast<size_t>(w), C(0));
-        if constexpr (!bidirectional) {
-            for (int64_t c = first; c < end; ++c) {
-                if (c + kAhead < end) {
-                    prefetch(z + (c + kAhead) * dim + d0, w);
-                    if (!rows.streamed()) prefetch(out + (c + kAhead) * dim + d0, w, true);
-                }
-                ema_step(e.data(), z + c * dim + d0, p[c], w);
-                rows.write(out + c * dim + d0, w, [&](T* o, int64_t j0, int64_t m) {
-                    for (int64_t j = 0; j < m; ++j) store(o, j, e[j0 + j]);
-                });
-            }
-            return;
-        }
         const int64_t nblocks = (end - first + kBlock - 1) / kBlock;
-        std::vector<C> entering(static_cast<size_t>(nblocks * w));  // e_{b0 - 1} per block
-        for (int64_t c = first; c < end; ++c) {
-            if ((c - first) % kBlock == 0)
-                std::copy(e.begin(), e.end(), entering.begin() + (c - first) / kBlock * w);
-            if (c + kAhead < end) prefetch(z + (c + kAhead) * dim + d0, w);
-            ema_step(e.data(), z + c * dim + d0, p[c], w);
-        }
-        std::vector<C> eb(static_cast<size_t>(kBlock * w)), r(static_cast<size_t>(w), C(0));
-        for (int64_t b = nblocks - 1; b >= 0; --b) {
+        std::vector<C> e(static_cast<size_t>(w), C(0));
+        std::vector<C> entering(bidirectional ? static_cast<size_t>(nblocks * w) : 0);
+        for (int64_t b = 0; b < nblocks; ++b) {
             const int64_t b0 = first + b * kBlock, b1 = std::min(end, b0 + kBlock);
-            std::copy_n(entering.begin() + b * w, w, e.begin());
-            for (int64_t c = b0; c < b1; ++c) {
-                ema_step(e.data(), z + c * dim + d0, p[c], w);
-                std::copy(e.begin(), e.end(), eb.begin() + (c - b0) * w);
-            }
-            for (int64_t c = b1 - 1; c >= b0; --c) {
-                // the rows the next (left) block will recompute from
-                if (c - kBlock >= first) prefetch(z + (c - kBlock) * dim + d0, w);
-                if (c - 2 >= first && !rows.streamed())
-                    prefetch(out + (c - 2) * dim + d0, w, true);
-                ema_step(r.data(), z + c * dim + d0, p[c], w);
-                const C* ec = eb.data() + (c - b0) * w;
-                rows.write(out + c * dim + d0, w, [&](T* o, int64_t j0, int64_t m) {
+            if constexpr (bidirectional) std::copy(e.begin(), e.end(), entering.begin() + b * w);
+            for_each_tile(d0, w, [&](int64_t d, auto n) {
+                C s[kTile];
+                copy_tile(s, e.data() + (d - d0), n);
+                for (int64_t c = b0; c < b1; ++c) {
+                    if (d == d0) {
+                        prefetch_block_row(z, c + kBlock, first, end, dim, d0, w);
+                        if (!bidirectional && !rows.streamed() && c + kBlock < end)
+                            prefetch(out + (c + kBlock) * dim + d0, w, true);
+                    }
+                    ema_step(s, z + c * dim + d, p[c], n);
+                    if constexpr (!bidirectional)
+                        rows.write(out + c * dim + d, n, [&](T* o, int64_t, int64_t m) {
+                            for (int64_t j = 0; j < m; ++j) store(o, j, s[j]);
+                        });
+                }
+                copy_tile(e.data() + (d - d0), s, n);
+            });
+        }
+        if constexpr (bidirectional) {
+            std::vector<C> r(static_cast<size_t>(w), C(0));
+            std::vector<C> eb(static_cast<size_t>(kBlock * kTile));  // e_c of one tile's rows
+            for (int64_t b = nblocks - 1; b >= 0; --b) {
+                const int64_t b0 = first + b * kBlock, b1 = std::min(end, b0 + kBlock);
+                for_each_tile(d0, w, [&](int64_t d, auto n) {
+                    C s[kTile];
+                    copy_tile(s, entering.data() + b * w + (d - d0), n);
+                    for (int64_t c = b0; c < b1; ++c) {
+                        if (d == d0) {  // the rows the next (left) block recomputes from
+                            prefetch_block_row(z, c - kBlock, first, end, dim, d0, w);
+                            if (!rows.streamed()) prefetch(out + c * dim + d0, w, true);
+                        }
+                        ema_step(s, z + c * dim + d, p[c], n);
+                        copy_tile(eb.data() + (c - b0) * kTile, s, n);
+                    }
+                    copy_tile(s, r.data() + (d - d0), n);
+                    for (int64_t c = b1 - 1; c >= b0; --c) {
+                        ema_step(s, z + c * dim + d, p[c], n);
+                        const C* ec = eb.data() + (c - b0) * kTile;
+                        rows.write(out + c * dim + d, n, [&](T* o, int64_t, int64_t m) {
 #pragma omp simd
-                    for (int64_t j = 0; j < m; ++j) store(o, j, (ec[j0 + j] + r[j0 + j]) / 2);
+                            for (int64_t j = 0; j < m; ++j) store(o, j, (ec[j] + s[j]) / 2);
+                        });
+                    }
+                    copy_tile(r.data() + (d - d0), s, n);
                 });
             }
         }
@@ -123,95 +157,103 @@ template <class T, bool bidirectional>
 void backward(const T* dout, const T* z, const compute_t<T>* p, const int32_t* cu, int64_t nseq,
               int64_t num_chunks, int64_t dim, T* dz, compute_t<T>* dp) {
     using C = compute_t<T>;
-    const int64_t col_blocks = (dim + kColumnBlock - 1) / kColumnBlock;
+    const int64_t tiles = (dim + kTile - 1) / kTile;
     constexpr C scale = bidirectional ? C(0.5) : C(1);
     constexpr int64_t kStates = bidirectional ? 2 : 1;  // e, and H
-    std::vector<C> dp_part(static_cast<size_t>(col_blocks * num_chunks));
+    std::vector<C> dp_part(static_cast<size_t>(num_chunks * tiles));  // [chunk][tile]
     auto task = [&](int64_t first, int64_t end, int64_t d0, int64_t w, RowOutput<T>& rows) {
         const int64_t nblocks = (end - first + kBlock - 1) / kBlock;
-        // running e and H; their values entering each block; per block e_{c-1} and H_c
-        std::vector<C> run(static_cast<size_t>(kStates * w), C(0));
+        // running e (and H) per column, [state][column], and their values entering each block
+        std::vector<C> left(static_cast<size_t>(kStates * w), C(0));
         std::vector<C> entering(static_cast<size_t>(nblocks * kStates * w));
-        std::vector<C> block(static_cast<size_t>(kBlock * kStates * w));
-        C* e = run.data();
-        C* h = e + w;  // used when bidirectional
-        // one step left to right: e_{c-1} -> e_c and H_{c-1} -> H_c, recording e_{c-1} in
-        // rec[0, w) and H_c in rec[w, 2w)
-        auto left_step = [&](int64_t c, C* rec) {
-            const C pc = p[c];
-            const C a_prev = c > first ? 1 - p[c - 1] : C(0);
-            const T* zc = z + c * dim + d0;
-            const T* gc = dout + c * dim + d0;
+        // one step left to right on a tile: e_{c-1} -> e_c and H_{c-1} -> H_c
+        auto left_step = [&](int64_t c, int64_t d, auto n, C* e, C* h) {
+            ema_step(e, z + c * dim + d, p[c], n);
+            if constexpr (bidirectional) {
+                const C a_prev = c > first ? 1 - p[c - 1] : C(0);
+                const T* gc = dout + c * dim + d;
 #pragma omp simd
-            for (int64_t d = 0; d < w; ++d) {
-                rec[d] = e[d];
-                e[d] = pc * load(zc, d) + (1 - pc) * e[d];
-                if constexpr (bidirectional) {
-                    h[d] = scale * load(gc, d) + a_prev * h[d];
-                    rec[w + d] = h[d];
-                }
+                for (int64_t j = 0; j < n; ++j) h[j] = scale * load(gc, j) + a_prev * h[j];
             }
         };
-        for (int64_t c = first; c < end; ++c) {
-            if ((c - first) % kBlock == 0)
-                std::copy(run.begin(), run.end(),
-                          entering.begin() + (c - first) / kBlock * kStates * w);
-            if (c + kAhead < end) {
-                prefetch(z + (c + kAhead) * dim + d0, w);
-                if constexpr (bidirectional) prefetch(dout + (c + kAhead) * dim + d0, w);
-            }
-            left_step(c, block.data());  // only the states matter here
+        for (int64_t b = 0; b < nblocks; ++b) {
+            const int64_t b0 = first + b * kBlock, b1 = std::min(end, b0 + kBlock);
+            std::copy(left.begin(), left.end(), entering.begin() + b * kStates * w);
+            for_each_tile(d0, w, [&](int64_t d, auto n) {
+                C e[kTile], h[kTile];
+                copy_tile(e, left.data() + (d - d0), n);
+                if constexpr (bidirectional) copy_tile(h, left.data() + w + (d - d0), n);
+                for (int64_t c = b0; c < b1; ++c) {
+                    if (d == d0) {
+                        prefetch_block_row(z, c + kBlock, first, end, dim, d0, w);
+                        if constexpr (bidirectional)
+                            prefetch_block_row(dout, c + kBlock, first, end, dim, d0, w);
+                    }
+                    left_step(c, d, n, e, h);
+                }
+                copy_tile(left.data() + (d - d0), e, n);
+                if constexpr (bidirectional) copy_tile(left.data() + w + (d - d0), h, n);
+            });
         }
-        std::vector<C> carries(static_cast<size_t>(2 * w), C(0));
-        C* g = carries.data();  // G_c, then r_{c+1}
-        C* r = g + w;
+        // right to left: G and r per column, and per row of a block e_{c-1} (and H_c) of a tile
+        std::vector<C> right(static_cast<size_t>(2 * w), C(0));
+        std::vector<C> rec(static_cast<size_t>(kBlock * kStates * kTile));
         for (int64_t b = nblocks - 1; b >= 0; --b) {
             const int64_t b0 = first + b * kBlock, b1 = std::min(end, b0 + kBlock);
-            std::copy_n(entering.begin() + b * kStates * w, kStates * w, run.begin());
-            for (int64_t c = b0; c < b1; ++c) {
-                left_step(c, block.data() + (c - b0) * kStates * w);
-            }
-            for (int64_t c = b1 - 1; c >= b0; --c) {
-                const C pc = p[c];
-                const C a_next = c + 1 < end ? 1 - p[c + 1] : C(0);
-                const C* e_prev = block.data() + (c - b0) * kStates * w;
-                const C* hc = e_prev + w;  // read when bidirectional
-                const T* zc = z + c * dim + d0;
-                const T* gc = dout + c * dim + d0;
-                if (c - kBlock >= first) {  // the rows the next (left) block recomputes from
-                    prefetch(zc - kBlock * dim, w);
-                    prefetch(gc - kBlock * dim, w);
+            const C* enter = entering.data() + b * kStates * w;
+            for_each_tile(d0, w, [&](int64_t d, auto n) {
+                C e[kTile], h[kTile];
+                copy_tile(e, enter + (d - d0), n);
+                if constexpr (bidirectional) copy_tile(h, enter + w + (d - d0), n);
+                for (int64_t c = b0; c < b1; ++c) {
+                    if (d == d0) {  // the rows the next (left) block recomputes from
+                        prefetch_block_row(z, c - kBlock, first, end, dim, d0, w);
+                        prefetch_block_row(dout, c - kBlock, first, end, dim, d0, w);
+                        if (!rows.streamed()) prefetch(dz + c * dim + d0, w, true);
+                    }
+                    C* rc = rec.data() + (c - b0) * kStates * kTile;
+                    copy_tile(rc, e, n);  // e_{c-1}
+                    left_step(c, d, n, e, h);
+                    if constexpr (bidirectional) copy_tile(rc + kTile, h, n);  // H_c
                 }
-                if (c - 2 >= first && !rows.streamed())
-                    prefetch(dz + (c - 2) * dim + d0, w, true);
-                for (int64_t k0 = 0; k0 < w; k0 += kColumnBlock) {
-                    const int64_t k1 = std::min(w, k0 + kColumnBlock);
-                    T* dzc = rows.begin(dz + c * dim + d0 + k0);  // columns k0 .. k1-1
+                C g[kTile], r[kTile];
+                copy_tile(g, right.data() + (d - d0), n);
+                if constexpr (bidirectional) copy_tile(r, right.data() + w + (d - d0), n);
+                for (int64_t c = b1 - 1; c >= b0; --c) {
+                    const C pc = p[c];
+                    const C a_next = c + 1 < end ? 1 - p[c + 1] : C(0);
+                    const C* e_prev = rec.data() + (c - b0) * kStates * kTile;
+                    const C* hc = e_prev + kTile;  // read when bidirectional
+                    const T* zc = z + c * dim + d;
+                    const T* gc = dout + c * dim + d;
+                    T* dzc = rows.begin(dz + c * dim + d);
                     C part = 0;
 #pragma omp simd reduction(+ : part)
-                    for (int64_t d = k0; d < k1; ++d) {
-                        const C zd = load(zc, d);
-                        g[d] = scale * load(gc, d) + a_next * g[d];
-                        C total = g[d];
-                        part += g[d] * (zd - e_prev[d]);
+                    for (int64_t j = 0; j < n; ++j) {
+                        const C zj = load(zc, j);
+                        g[j] = scale * load(gc, j) + a_next * g[j];
+                        C total = g[j];
+                        part += g[j] * (zj - e_prev[j]);
                         if constexpr (bidirectional) {
-                            total += hc[d];
-                            part += hc[d] * (zd - r[d]);
-                            r[d] = pc * zd + (1 - pc) * r[d];
+                            total += hc[j];
+                            part += hc[j] * (zj - r[j]);
+                            r[j] = pc * zj + (1 - pc) * r[j];
                         }
-                        store(dzc, d - k0, pc * total);
+                        store(dzc, j, pc * total);
                     }
-                    rows.done(k1 - k0);
-                    dp_part[((d0 + k0) / kColumnBlock) * num_chunks + c] = part;
+                    rows.done(n);
+                    dp_part[c * tiles + d / kTile] = part;
                 }
-            }
+                copy_tile(right.data() + (d - d0), g, n);
+                if constexpr (bidirectional) copy_tile(right.data() + w + (d - d0), r, n);
+            });
         }
     };
     for_each_task<T>(cu, nseq, num_chunks, dim, task);
-#pragma omp parallel for schedule(static) if (num_chunks * col_blocks >= kMinParallelWork)
+#pragma omp parallel for schedule(static) if (num_chunks * tiles >= kMinParallelWork)
     for (int64_t c = 0; c < num_chunks; ++c) {
         C acc = 0;
-        for (int64_t cb = 0; cb < col_blocks; ++cb) acc += dp_part[cb * num_chunks + c];
+        for (int64_t t = 0; t < tiles; ++t) acc += dp_part[c * tiles + t];
         dp[c] = acc;
     }
 }
