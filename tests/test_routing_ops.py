@@ -188,18 +188,25 @@ def test_chunk_scatter(backend, dtype, case, confidence):
 @pytest.mark.parametrize("case", CASE_NAMES)
 @pytest.mark.parametrize("backend,dtype", _dtype_params("ema_smooth"))
 def test_ema_smooth(backend, dtype, case, bidirectional):
-    dev = backend_device(backend)
     _, _, _, cu, p, mask = _routing(case)
     _, chunk_cu, _ = ref.chunk_gather_reference(p[:, None], mask, cu)
     z = torch.randn(int(mask.sum()), CASES[case][1], dtype=torch.float64).to(dtype).double()
     pc = p[mask].to(dtype).double()  # 1 at every sequence start: the op clamps it
+    _check_ema(z, pc, chunk_cu, bidirectional, backend, dtype)
+
+
+def _check_ema(z, pc, cu, bidirectional, backend, dtype):
+    """ema_smooth of z, pc (float64 values representable in dtype) run in dtype on the
+    backend's device against the float64 reference: the output and both gradients, under a
+    random upstream gradient."""
+    dev = backend_device(backend)
     zr, pr = _leaf(z), _leaf(pc)
-    out_ref = ref.ema_smooth_reference(zr, pr, chunk_cu, bidirectional)
+    out_ref = ref.ema_smooth_reference(zr, pr, cu, bidirectional)
     dout = torch.randn_like(out_ref).to(dtype).double()
     dz_ref, dp_ref = _grads(out_ref, (zr, pr), dout)
 
     zb, pb = _leaf(z, dtype, dev), _leaf(pc, dtype, dev)
-    out = ema_smooth(zb, pb, chunk_cu.to(dev), bidirectional, backend=backend)
+    out = ema_smooth(zb, pb, cu.to(dev), bidirectional, backend=backend)
     assert out.dtype == dtype
     dz, dp = _grads(out, (zb, pb), dout.to(device=dev, dtype=dtype))
     assert_close_rel(out.cpu(), out_ref, TOL[dtype], "out")
@@ -502,16 +509,7 @@ def test_cpu_ema_over_register_tiles(backend, dtype, dim, bidirectional):
     cu = random_cu_seqlens(lengths)
     z = torch.randn(sum(lengths), dim, dtype=torch.float64).to(dtype).double()
     pc = (0.01 + 0.98 * torch.rand(sum(lengths), dtype=torch.float64)).to(dtype).double()
-    zr, pr = _leaf(z), _leaf(pc)
-    out_ref = ref.ema_smooth_reference(zr, pr, cu, bidirectional)
-    dout = torch.randn_like(out_ref).to(dtype).double()
-    dz_ref, dp_ref = _grads(out_ref, (zr, pr), dout)
-    zb, pb = _leaf(z, dtype), _leaf(pc, dtype)
-    out = ema_smooth(zb, pb, cu, bidirectional, backend=backend)
-    dz, dp = _grads(out, (zb, pb), dout.to(dtype))
-    assert_close_rel(out, out_ref, TOL[dtype], "out")
-    assert_close_rel(dz, dz_ref, TOL[dtype], "dz_chunks")
-    assert_close_rel(dp, dp_ref, TOL[dtype], "dp_chunks")
+    _check_ema(z, pc, cu, bidirectional, backend, dtype)
 
 
 @pytest.mark.parametrize("backend", CPU_ROUTING)

@@ -7,7 +7,8 @@
 //
 // One task per (sequence, group of at most kMaxTaskColumns columns). Rows are walked in blocks
 // of kBlock chunks; inside a block, one tile of kTile columns at a time, so a tile's recurrence
-// states stay in registers while the block's rows stay in L1/L2.
+// states stay in registers (or, where the compiler spills them, in L1) while the block's rows
+// stay in L1/L2.
 // The left-to-right recurrences (e, and H in the bidirectional backward) are needed while walking
 // right to left: a first sweep keeps only their value entering every block, and the right-to-left
 // sweep recomputes them block by block into a tile-sized buffer. So nothing of size (C, D) is
@@ -62,7 +63,8 @@ void for_each_task(const int32_t* cu, int64_t nseq, int64_t num_chunks, int64_t 
 }
 
 // Calls tile(d, n) for the tiles of columns [d0, d0 + w): n is a compile-time kTile for the full
-// tiles (so their loops unroll and their states stay in registers) and the remainder for the last.
+// tiles (so their loops unroll and their states can stay in registers) and the remainder for the
+// last.
 template <class F>
 inline void for_each_tile(int64_t d0, int64_t w, F&& tile) {
     int64_t d = d0;
@@ -70,8 +72,8 @@ inline void for_each_tile(int64_t d0, int64_t w, F&& tile) {
     if (d < d0 + w) tile(d, d0 + w - d);
 }
 
-// Rows [b0, b1) of the block starting at `b0` of a task on columns [d0, d0 + w) that starts at
-// chunk `first`: the rows one block away (`ahead` = +-1) are prefetched while the first tile runs.
+// Prefetches columns [d0, d0 + w) of `row` when it lies in the task's chunks [first, end): the
+// sweeps ask for the row one block ahead while their first tile runs.
 template <class T>
 inline void prefetch_block_row(const T* x, int64_t row, int64_t first, int64_t end, int64_t dim,
                                int64_t d0, int64_t w) {

@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops.reference import compute_dtype
+
 __all__ = ["DepthwiseConv1d", "load_causal_conv1d", "CONV_IMPLS"]
 
 CONV_IMPLS = ("auto", "torch", "causal_conv1d")
@@ -78,7 +80,7 @@ def _conv_taps(x, weight, bias, taps, left):
     """Pre-activation sum_j w_j * x_{t - left + j} (+ bias), in float32 (float64 for float64)."""
     b, L, C = x.shape
     width = weight.shape[1]
-    cd = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cd = compute_dtype(x)
     xp = F.pad(x, (0, 0, left, width - 1 - left)).to(cd)
     w = weight.to(cd)
     out = x.new_zeros(b, L, C, dtype=cd) if bias is None else bias.to(cd).expand(b, L, C).clone()

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops.reference import compute_dtype
+
 __all__ = ["RMSNorm", "RMSNormGated", "gated_rms_norm_linear"]
 
 
@@ -32,10 +34,6 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
 
 
-def _compute_dtype(t):
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
 def _silu_grad(z):
     s = torch.sigmoid(z)
     return s * (1 + z * (1 - s))
@@ -47,7 +45,7 @@ def _grouped(t, group_size):
 
 def _normalise(y, z, weight, eps, group_size, norm_before_gate):
     """The gated norm in the compute dtype. Returns (n, rstd), rstd (..., ngroups, 1)."""
-    cd = _compute_dtype(y)
+    cd = compute_dtype(y)
     h = y.to(cd)
     gate = None if z is None else F.silu(z.to(cd))
     if gate is not None and not norm_before_gate:
@@ -97,7 +95,7 @@ class _GatedRMSNormLinear(torch.autograd.Function):
         # temporaries as wide as y are released (or reused in place) as soon as they are spent
         y, z, norm_weight, rstd, weight = ctx.saved_tensors
         group_size, norm_before_gate, has_bias = ctx.cfg
-        cd = _compute_dtype(y)
+        cd = compute_dtype(y)
         nw = norm_weight.to(cd)
         gate = None if z is None else F.silu(z.to(cd))
         h = y.to(cd) * gate if gate is not None and not norm_before_gate else y.to(cd)

@@ -22,6 +22,7 @@ import torch
 from . import _routing_library  # noqa: F401  (registers the torch.ops.mmhnet routing ops)
 from ._backend import resolve_backend
 from ._checks import check_cu_seqlens_meta, check_same_device, check_tensor
+from .reference import compute_dtype
 from .reference_routing import EMA_P_MIN
 
 __all__ = ["route_boundaries", "chunk_gather", "route_and_gather", "chunk_scatter", "ema_smooth",
@@ -157,8 +158,7 @@ def ema_smooth(z_chunks, p_chunks, chunk_cu_seqlens=None, bidirectional=False, *
                        ("chunk_cu_seqlens", chunk_cu_seqlens)])
     check_cu_seqlens_meta(chunk_cu_seqlens, 1, name="chunk_cu_seqlens")
     be = _backend(backend, z_chunks.device, "ema_smooth")
-    compute = torch.float64 if z_chunks.dtype == torch.float64 else torch.float32
-    rate = p_chunks.to(compute).clamp(EMA_P_MIN, 1 - EMA_P_MIN)
+    rate = p_chunks.to(compute_dtype(z_chunks)).clamp(EMA_P_MIN, 1 - EMA_P_MIN)
     return torch.ops.mmhnet.ema_smooth(z_chunks, rate, _int32(chunk_cu_seqlens),
                                        bool(bidirectional), be)
 
