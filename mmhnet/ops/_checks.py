@@ -13,6 +13,11 @@ import torch
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+class IndexOutOfRangeError(IndexError, ValueError):
+    """An index tensor holds a value outside its valid range. Both an IndexError (it is an
+    out-of-range index) and a ValueError (it is a bad argument value), so either catches it."""
+
+
 def check_tensor(name, t, ndim=None, shape=None, dtypes=FLOAT_DTYPES, optional=False):
     """Check type, rank, shape and dtype of one argument. ``shape`` may hold None wildcards."""
     if t is None:

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._checks import check_cu_seqlens_values
+from ._checks import IndexOutOfRangeError, check_cu_seqlens_values
 from .reference import compute_dtype
 
 
@@ -33,7 +33,7 @@ def _check_indices(name, index, size, what):
     lo, hi = torch.stack(torch.aminmax(index)).tolist()  # one transfer
     if lo < 0 or hi >= size:
         bad = lo if lo < 0 else hi
-        raise IndexError(f"{name} holds {bad}, outside [0, {size}) ({what})")
+        raise IndexOutOfRangeError(f"{name} holds {bad}, outside [0, {size}) ({what})")
 
 
 def check_chunk_id_values(chunk_id, num_chunks):

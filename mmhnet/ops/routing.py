@@ -166,7 +166,8 @@ def ema_smooth(z_chunks, p_chunks, chunk_cu_seqlens=None, bidirectional=False, *
 def token_gather(x, index, *, backend=None):
     """General routing: x (N, dim), index (M,) int32/int64 in [0, N) -> x[index] (M, dim).
 
-    An index outside [0, N) raises IndexError (checked on the host: one sync on GPU).
+    An index outside [0, N) raises IndexOutOfRangeError, both an IndexError and a ValueError
+    (checked on the host: one sync on GPU).
     Backward: token_scatter of the gradient (deterministic).
     """
     check_tensor("x", x, ndim=2)
