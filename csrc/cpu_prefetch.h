@@ -52,15 +52,16 @@ class PrefetchList {
     std::vector<const void*> read_, write_;
 };
 
-// The next piece of work after (head hl, block k0) when a unit's heads advance block by block.
+// The next piece of work after (head hl, block [k0, k0 + nb)) when a unit's heads advance block by
+// block.
 struct NextWork {
     int64_t hl, k0;
     bool new_block;
 
-    NextWork(int64_t hl_now, int64_t k0_now, int64_t nh) {
+    NextWork(int64_t hl_now, int64_t k0_now, int64_t nb_now, int64_t nh) {
         new_block = hl_now + 1 == nh;
         hl = new_block ? 0 : hl_now + 1;
-        k0 = new_block ? k0_now + kBlockSteps : k0_now;
+        k0 = new_block ? k0_now + nb_now : k0_now;
     }
 };
 

@@ -15,8 +15,12 @@
 //          R_p: i = p, j = n:  v = gyhat,         b = C, c = B      -> du = dx / dt'
 // where the adjoint runs over the reversed processing order with decays shifted by one
 // (dS_k = a_{k+1} dS_{k+1} + C_k (x) gyhat_k). The gradient of the log-decays needs no state:
-//     g(log a_k) = sum_{k' >= k} (C_k'.dC_k' - B_k'.dB_k'),
-// so the backward recomputes nothing but these four scans.
+//     g(log a_k) = sum_{k' >= k} (C_k'.dC_k' - B_k'.dB_k')  =  a_k <dS_k, S_{k-1}>,
+// so the backward recomputes nothing but these four scans. The sum telescopes: its terms do not
+// shrink with g(log a_k), so their rounding errors add up along the sequence, and dA and dt_bias
+// (sums of g(log a) over all tokens) would lose precision in proportion to the length. So at
+// "anchors" every few hundred steps the sum restarts from the inner product on the right, which
+// the F_n and R_n passes' states give at a block boundary (the F_n state is saved there).
 //
 // dtypes: the "big" tensors (x, z, B, C, B_rev, C_rev, y, dy, dx, dz) have the storage dtype
 // `dtype`; the compute dtype is float64 for float64 storage and float32 otherwise (the state is

@@ -113,7 +113,7 @@ void forward_direction(const ScanParams& P, const Unit& u, const ScanTensor& out
                 scale[kk] = T(alpha);
                 gather_row(v + kk * pp, hp.x, u.begin + i, np, pp, T(dt_eff[i] / alpha));
             }
-            const NextWork next(hl, k0, u.nh);
+            const NextWork next(hl, k0, nb, u.nh);
             ws.prefetch.clear();
             const int64_t head = u.h0 + next.hl;
             ws.prefetch.rows(Rows<T>(P.x, u.b, head), order, next.k0, kBlockSteps, np, false);
