@@ -43,6 +43,8 @@ inline const std::map<std::string, ScanOperand>& scan_operands() {
         {"ws_yhat", {&ScanParams::ws_yhat, 1}},   {"ws_gyp", {&ScanParams::ws_gyp, 1}},
         {"ws_dx", {&ScanParams::ws_dx, 1}},       {"ws_dlog", {&ScanParams::ws_dlog, 1}},
         {"ws_xgu", {&ScanParams::ws_xgu, 1}},
+        {"ws_anchor_state", {&ScanParams::ws_anchor_state, 1}},
+        {"ws_anchor_glog", {&ScanParams::ws_anchor_glog, 1}},
     };
     return table;
 }

@@ -20,7 +20,7 @@
 // shrink with g(log a_k), so their rounding errors add up along the sequence, and dA and dt_bias
 // (sums of g(log a) over all tokens) would lose precision in proportion to the length. So at
 // "anchors" every few hundred steps the sum restarts from the inner product on the right, which
-// the F_n and R_n passes' states give at a block boundary (the F_n state is saved there).
+// the F_n and R_n passes' states give there (the F_n pass saves its state for the R_n pass).
 //
 // dtypes: the "big" tensors (x, z, B, C, B_rev, C_rev, y, dy, dx, dz) have the storage dtype
 // `dtype`; the compute dtype is float64 for float64 storage and float32 otherwise (the state is
@@ -102,11 +102,20 @@ struct ScanParams {
     // ws_yhat (ndirs, b, l, h, p) per-direction outputs (forward, and the backward with z);
     // ws_gyp (b, l, h, p) the output gradient before the combination; ws_dx (b, l, h, p) dx
     // accumulated in the compute dtype (half storage only); ws_dlog, ws_xgu (ndirs, b, l, h),
-    // ws_dlog zeroed when dstate is 0.
-    ScanTensor ws_yhat, ws_gyp, ws_dx, ws_dlog, ws_xgu;
+    // ws_dlog zeroed when dstate is 0; ws_anchor_state (anchor_slots(), h, n, p) the F_n state
+    // before each anchor step, ws_anchor_glog (ndirs, anchor_slots(), h) g(log a) there.
+    ScanTensor ws_yhat, ws_gyp, ws_dx, ws_dlog, ws_xgu, ws_anchor_state, ws_anchor_glog;
 
     MMHNET_HOST_DEVICE int64_t group_of(int64_t head) const { return head / (nheads / ngroups); }
     MMHNET_HOST_DEVICE int64_t ntasks() const { return batch * nseq * nheads; }
+
+    // CUDA backward anchors: at processing steps anchor_steps(), 2 anchor_steps(), ... of each
+    // sequence; at least 4 * dstate steps apart, so the saved float32 states take at most one
+    // byte per element of x. A sequence whose first token is the flat token F = b * seqlen +
+    // begin uses the slots F / anchor_steps() + 0, 1, ...: never those of the next sequence,
+    // which starts at F + len.
+    MMHNET_HOST_DEVICE int64_t anchor_steps() const { return dstate * 4 > 256 ? dstate * 4 : 256; }
+    MMHNET_HOST_DEVICE int64_t anchor_slots() const { return batch * seqlen / anchor_steps() + 1; }
 };
 
 }  // namespace mmhnet

@@ -115,42 +115,48 @@ def test_packed_single(reverse):
 
 # ------------------------------------------------------------------------------------------------
 # long sequences: the backward restarts g(log a) = sum_{k' >= k} (C.dC - B.dB) from the states'
-# inner product every 256 steps (anchors), so that dA and dt_bias keep their precision
+# inner product every few hundred steps (anchors), so that dA and dt_bias keep their precision
 
 ANCHORED = [255, 256, 257, 600, 1031]
+NATIVE = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device"))]
 
 
+@pytest.mark.parametrize("backend", NATIVE)
 @pytest.mark.parametrize("seqlen", ANCHORED)
 @pytest.mark.parametrize("mode", ["sum", "quasiseparable"])
-def test_anchored_lengths_float64(seqlen, mode):
-    """Lengths just under, at and past the anchor spacing, and several anchors, with separate
-    reverse dt and A: the anchors' inner products agree with the reference to float64 precision."""
+def test_anchored_lengths_float64(backend, seqlen, mode):
+    """Lengths just under, at and past the anchor spacing (256 steps here), and several
+    anchors, with separate reverse dt and A: the anchors agree with the reference to float64
+    precision."""
     args, _ = _inputs(seqlen, 2, 8, 1, 8, batch=1, D="h", z=True, dt_bias=True, rev=("dt", "A"))
-    _check("bi_selective_scan", args, mode=mode)
+    _check("bi_selective_scan", args, mode=mode, backend=backend, device=backend)
 
 
+@pytest.mark.parametrize("backend", NATIVE)
 @pytest.mark.parametrize("reverse", [False, True])
-def test_anchored_packed_float64(reverse):
-    args, cu = _inputs([300, 1, 0, 513, 256, 257], 2, 8, 1, 8, D="hp", dt_bias=True)
-    _check("selective_scan", args, reverse=reverse, cu_seqlens=cu)
+def test_anchored_packed_float64(backend, reverse):
+    args, cu = _inputs([300, 1, 0, 513, 256, 257], 2, 8, 1, 8, D="hp", dt_bias=True,
+                       device=backend)
+    _check("selective_scan", args, reverse=reverse, cu_seqlens=cu, backend=backend, device=backend)
 
 
-def test_long_sequence_parameter_gradients_float32():
+@pytest.mark.parametrize("backend", NATIVE)
+def test_long_sequence_parameter_gradients_float32(backend):
     """dA and dt_bias sum g(log a) over every token. Summed from one end of this 8192-step
-    sequence, their float32 relative error was 8e-5 to 6e-4 (and grew with the length); with the
-    anchors it is <= 2e-5, so this test holds every output and gradient to 5e-5. The float64
-    reference is the chunked one (the sequential one takes ~30 s here)."""
+    sequence, their float32 relative error was 8e-5 to 6e-4 on CPU (and grew with the length);
+    with the anchors it is <= 2e-5, so this test holds every output and gradient to 5e-5. The
+    float64 reference is the chunked one (the sequential one takes ~30 s here)."""
     args, _ = _inputs(8192, 8, 8, 1, 8, batch=1, D="h", dt_bias=True)
-    low = clone_inputs(args, dtype=torch.float32, device="cpu")
+    low = clone_inputs(args, dtype=torch.float32, device=backend)
     ref = clone_inputs(low, dtype=torch.float64, device="cpu")
     y_ref = R.bi_selective_scan_chunked(**ref)
     dy = torch.randn_like(y_ref)
     g_ref = grads_of(y_ref, ref, dy)
-    y = ops.bi_selective_scan(**low, backend="cpu")
-    g = grads_of(y, low, dy.float())
-    assert_close_rel(y, y_ref, 5e-5, "y")
+    y = ops.bi_selective_scan(**low, backend=backend)
+    g = grads_of(y, low, dy.to(device=backend, dtype=torch.float32))
+    assert_close_rel(y.cpu(), y_ref, 5e-5, "y")
     for name in g_ref:
-        assert_close_rel(g[name], g_ref[name], 5e-5, f"d{name}")
+        assert_close_rel(g[name].cpu(), g_ref[name], 5e-5, f"d{name}")
 
 
 # ------------------------------------------------------------------------------------------------

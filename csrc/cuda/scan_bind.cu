@@ -26,7 +26,8 @@ ScanParams cuda_params(const std::string& dtype, const py::tuple& sizes, const p
 void require_workspace(const ScanParams& P, bool backward) {
     if (!backward || P.z.present()) require_tensors(P, {{"ws_yhat", &P.ws_yhat}});
     if (!backward) return;
-    require_tensors(P, {{"ws_gyp", &P.ws_gyp}, {"ws_dlog", &P.ws_dlog}, {"ws_xgu", &P.ws_xgu}});
+    require_tensors(P, {{"ws_gyp", &P.ws_gyp}, {"ws_dlog", &P.ws_dlog}, {"ws_xgu", &P.ws_xgu},
+                        {"ws_anchor_state", &P.ws_anchor_state}, {"ws_anchor_glog", &P.ws_anchor_glog}});
     const bool half = P.dtype == ScanDtype::kFloat16 || P.dtype == ScanDtype::kBFloat16;
     if (half) require_tensors(P, {{"ws_dx", &P.ws_dx}});
 }
@@ -60,6 +61,20 @@ void register_scan_cuda(py::module_& m) {
         py::arg("dtype"), py::arg("sizes"), py::arg("tensors"), py::arg("dt_softplus"),
         py::arg("directions"), py::arg("quasi"), py::arg("stream"),
         "Gradients of the fused (bi)directional selective scan (see csrc/scan_params.h).");
+    m.def(
+        "bi_scan_anchor_numel",
+        [](int64_t batch, int64_t seqlen, int64_t nheads, int64_t headdim, int64_t dstate, int ndirs) {
+            ScanParams P;
+            P.batch = batch;
+            P.seqlen = seqlen;
+            P.nheads = nheads;
+            P.headdim = headdim;
+            P.dstate = dstate;
+            return py::make_tuple(P.anchor_slots() * nheads * dstate * headdim, ndirs * P.anchor_slots() * nheads);
+        },
+        py::arg("batch"), py::arg("seqlen"), py::arg("nheads"), py::arg("headdim"), py::arg("dstate"),
+        py::arg("ndirs"),
+        "Elements of the backward's ws_anchor_state and ws_anchor_glog workspaces.");
 }
 
 }  // namespace mmhnet

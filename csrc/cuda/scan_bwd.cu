@@ -3,7 +3,8 @@
 //   2. dD partial sums per (row, head), threads over headdim, summing tokens in order;
 //   3. per direction, in order: F_n -> dC, R_n -> dB, R_p -> dx (rank-1 scans), the second
 //      direction adding into the gradients it shares with the first;
-//   4. a sweep per task turns g(log a) = reverse cumsum of (C.dC - B.dB) into ddt and dA;
+//   4. a sweep per task turns g(log a) = reverse cumsum of (C.dC - B.dB), restarted at the
+//      anchors, into ddt and dA (in double);
 //   5. (half storage) dx, accumulated in float, is cast to the storage dtype.
 #include "cuda/scan_common.cuh"
 #include "cuda/scan_kernels.h"
@@ -59,7 +60,8 @@ __global__ void dD_kernel(const ScanParams P) {
 }
 
 // One thread per task: per direction, g(log a_k) = sum_{k' >= k} dlog_k' in processing order,
-// then ddt (through softplus) and the dA partial sum.
+// restarted at each anchor from the value the R_n pass computed there, then ddt (through
+// softplus) and the dA partial sum.
 template <typename C>
 __global__ void sweep_kernel(const ScanParams P, int ndirs) {
     const int64_t task_id = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
@@ -67,6 +69,7 @@ __global__ void sweep_kernel(const ScanParams P, int ndirs) {
     const int64_t plane = P.batch * P.seqlen * P.nheads;
     const C* dlog = static_cast<const C*>(P.ws_dlog.ptr);
     const C* xgu = static_cast<const C*>(P.ws_xgu.ptr);
+    const C* anchor_glog = static_cast<const C*>(P.ws_anchor_glog.ptr);
     for (int d = 0; d < ndirs; ++d) {
         const bool reverse = P.directions == kScanReverse || d == 1;
         const TaskView task(P, task_id, reverse);
@@ -75,21 +78,23 @@ __global__ void sweep_kernel(const ScanParams P, int ndirs) {
         const C A = at1<C>(*dir.A, h);
         const bool own_dt = reverse && P.dt_rev.present(), own_A = reverse && P.A_rev.present();
         const ScanTensor& ddt = own_dt ? P.ddt_rev : P.ddt;
-        C glog = C(0), dA = C(0);
+        double glog = 0.0, dA = 0.0;
         for (int64_t k = task.len - 1; k >= 0; --k) {
             const int64_t t = task.token(k), idx = d * plane + (b * P.seqlen + t) * P.nheads + h;
             glog += dlog[idx];
+            const int64_t slot = P.dstate > 0 ? task.anchor_slot(P, k) : -1;  // none without a state
+            if (slot >= 0) glog = anchor_glog[(d * P.anchor_slots() + slot) * P.nheads + h];
             const C raw = dt_raw<C>(P, *dir.dt, b, t, h);
             const C eff = P.dt_softplus ? softplus(raw) : raw;
             dA += eff * glog;
             const C grad_eff = !P.dt_softplus ? C(1) : (raw > C(20) ? C(1) : sigmoid(raw));
-            const C gdt = (A * glog + xgu[idx]) * grad_eff;
+            const C gdt = (A * C(glog) + xgu[idx]) * grad_eff;
             C* dst = at3<C>(ddt, b, t, h);
             *dst = d == 1 && !own_dt ? *dst + gdt : gdt;
         }
         const ScanTensor& part = own_A ? P.dA_rev_part : P.dA_part;
         C* dst = static_cast<C*>(part.ptr) + task.row * part.stride[0] + h * part.stride[1];
-        *dst = d == 1 && !own_A ? *dst + dA : dA;
+        *dst = d == 1 && !own_A ? *dst + C(dA) : C(dA);
     }
 }
 

@@ -80,6 +80,13 @@ struct TaskView {
 
     // token of processing step k of this direction
     __device__ int64_t token(int64_t k) const { return reverse ? begin + len - 1 - k : begin + k; }
+
+    // The anchor slot of processing step m (scan_params.h), or -1 if m is not an anchor.
+    __device__ int64_t anchor_slot(const ScanParams& P, int64_t m) const {
+        const int64_t every = P.anchor_steps();
+        if (m <= 0 || m >= len || m % every != 0) return -1;
+        return (b * P.seqlen + begin) / every + m / every - 1;
+    }
 };
 
 // The parameters one direction reads (the reverse ones where given).
@@ -111,6 +118,12 @@ __device__ __forceinline__ C dt_eff(const ScanParams& P, const ScanTensor& dt, i
 __device__ __forceinline__ int64_t ws_index(const ScanParams& P, int64_t b, int64_t t, int64_t h, int64_t inner,
                                             int64_t i) {
     return ((b * P.seqlen + t) * P.nheads + h) * inner + i;
+}
+
+// Row i of the state saved at an anchor slot for head h: (slot, h, dstate, headdim) layout.
+template <typename C>
+__device__ __forceinline__ C* anchor_row(const ScanParams& P, int64_t slot, int64_t h, int64_t i) {
+    return static_cast<C*>(P.ws_anchor_state.ptr) + ((slot * P.nheads + h) * P.dstate + i) * P.headdim;
 }
 
 inline int directions_count(const ScanParams& P) { return P.directions == kScanBoth ? 2 : 1; }

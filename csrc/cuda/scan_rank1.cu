@@ -3,6 +3,7 @@
 // One block per (task, direction), one thread per state row i holding the row's J entries in
 // registers; b and c rows are staged in shared memory a few steps at a time. The per-step dot
 // products the backward needs (C.dC, B.dB, x.du) are reduced in a fixed order (deterministic).
+// At the anchors (scan_params.h) F_n saves its state and R_n takes its inner product with it.
 #include <stdexcept>
 #include <string>
 
@@ -20,7 +21,7 @@ template <typename S, typename C, int JMAX>
 __global__ void __launch_bounds__(kMaxDim) rank1_scan_kernel(const ScanParams P, Rank1Pass pass, int dir0) {
     constexpr int T = kStageSteps<C>;
     __shared__ C sb[T][JMAX], sc[T][JMAX], sdot[T][kMaxDim];
-    __shared__ C sdt[T], sdecay[T];
+    __shared__ C sdt[T], sdecay[T], sanchor[kMaxDim];
     __shared__ int64_t stoken[T], starget[T];
 
     const int d = dir0 + blockIdx.y;
@@ -119,6 +120,14 @@ __global__ void __launch_bounds__(kMaxDim) rank1_scan_kernel(const ScanParams P,
                     C* dst = at4<C>(own ? P.dC_rev_heads : P.dC_heads, b, tok, h, i);
                     *dst = later && !own ? *dst + acc : acc;
                     sdot[kk][i] = acc * to_compute<C>(*at4<const S>(*dir.C, b, tok, g, i));
+                    const int64_t slot = task.anchor_slot(P, s0 + kk + 1);  // state = h_{m-1}
+                    if (slot >= 0) {
+                        C* saved = anchor_row<C>(P, slot, h, i);
+#pragma unroll
+                        for (int j = 0; j < JMAX; ++j) {
+                            if (j < J) saved[j] = state[j];
+                        }
+                    }
                     break;
                 }
                 case Rank1Pass::kGradB: {
@@ -126,6 +135,16 @@ __global__ void __launch_bounds__(kMaxDim) rank1_scan_kernel(const ScanParams P,
                     C* dst = at4<C>(own ? P.dB_rev_heads : P.dB_heads, b, tok, h, i);
                     *dst = later && !own ? *dst + acc : acc;
                     sdot[kk][i] = acc * to_compute<C>(*at4<const S>(*dir.B, b, tok, g, i));
+                    const int64_t slot = task.anchor_slot(P, n - 1 - (s0 + kk));  // state = dS_m
+                    if (slot >= 0) {
+                        const C* saved = anchor_row<C>(P, slot, h, i);
+                        C part = C(0);
+#pragma unroll
+                        for (int j = 0; j < JMAX; ++j) {
+                            if (j < J) part += state[j] * saved[j];
+                        }
+                        sanchor[i] = part;
+                    }
                     break;
                 }
                 case Rank1Pass::kGradInput: {
@@ -156,6 +175,16 @@ __global__ void __launch_bounds__(kMaxDim) rank1_scan_kernel(const ScanParams P,
             if (pass == Rank1Pass::kGradC) static_cast<C*>(P.ws_dlog.ptr)[idx] = sum;
             if (pass == Rank1Pass::kGradB) static_cast<C*>(P.ws_dlog.ptr)[idx] -= sum;
             if (pass == Rank1Pass::kGradInput) static_cast<C*>(P.ws_xgu.ptr)[idx] = sum;
+        }
+        if (pass == Rank1Pass::kGradB && threadIdx.x == 0) {  // g(log a_m) = a_m <dS_m, S_{m-1}>
+            for (int kk = 0; kk < ns; ++kk) {
+                const int64_t m = n - 1 - (s0 + kk), slot = task.anchor_slot(P, m);
+                if (slot < 0) continue;
+                C sum = C(0);
+                for (int64_t r = 0; r < I; ++r) sum += sanchor[r];
+                const C a_m = exp(dt_eff<C>(P, *dir.dt, b, task.token(m), h) * A);
+                static_cast<C*>(P.ws_anchor_glog.ptr)[(d * P.anchor_slots() + slot) * P.nheads + h] = a_m * sum;
+            }
         }
     }
 }

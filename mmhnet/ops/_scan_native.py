@@ -185,6 +185,9 @@ def backward(dy, a):
         call.workspace("ws_gyp", call.numel)
         call.workspace("ws_dlog", call.ndirs * b * l * h, zeroed=n == 0)
         call.workspace("ws_xgu", call.ndirs * b * l * h)
+        anchor_state, anchor_glog = _module(backend).bi_scan_anchor_numel(b, l, h, p, n, call.ndirs)
+        call.workspace("ws_anchor_state", anchor_state)
+        call.workspace("ws_anchor_glog", anchor_glog)
         if call.store != call.cd:
             call.workspace("ws_dx", call.numel)
     call.run("bi_scan_bwd")
