@@ -17,7 +17,7 @@ import torch
 
 from .common import machine_description, today
 
-SECTIONS = ["scan", "scan_cpu", "layers", "routing", "profile"]
+SECTIONS = ["scan", "scan_cpu", "precision", "layers", "routing", "profile"]
 
 
 def main(argv=None):

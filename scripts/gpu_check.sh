@@ -18,7 +18,7 @@ PY=${PYTHON:-python3}
 TEST_TIMEOUT=${TEST_TIMEOUT:-300}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
 # the kernel sections; the 5-minute profile runs too, within a small time budget
-BENCH_SECTIONS=${BENCH_SECTIONS:-scan routing layers profile}
+BENCH_SECTIONS=${BENCH_SECTIONS:-scan precision routing layers profile}
 export MMHNET_BENCH_PROFILE_BUDGET=${MMHNET_BENCH_PROFILE_BUDGET:-60}
 # only the GPU in this machine (sm_90 for an H100 or H200): half the CUDA compile time of "80;90"
 if [ -z "${MMHNET_CUDA_ARCHS:-}" ]; then

@@ -1,6 +1,6 @@
 // Backward of the fused bidirectional selective scan on CUDA (maths: scan_params.h):
 //   1. (with z) the per-direction outputs are recomputed; gyp = dy silu(z) and dz;
-//   2. dD partial sums per (row, head), threads over headdim, summing tokens in order;
+//   2. dD partial sums per (row, head), threads over headdim, summing tokens in order (double);
 //   3. per direction, in order: F_n -> dC, R_n -> dB, R_p -> dx (rank-1 scans), the second
 //      direction adding into the gradients it shares with the first;
 //   4. a sweep per task turns g(log a) = reverse cumsum of (C.dC - B.dB), restarted at the
@@ -50,13 +50,13 @@ __global__ void dD_kernel(const ScanParams P) {
     const int64_t p = threadIdx.x;
     if (p >= P.headdim) return;
     const C* gyp = static_cast<const C*>(P.ws_gyp.ptr);
-    C acc = C(0);
+    double acc = 0.0;  // a sum over the whole sequence
     for (int64_t t = task.begin; t < task.begin + task.len; ++t) {
         acc += gyp[ws_index(P, task.b, t, task.head, P.headdim, p)] *
                to_compute<C>(*at4<const S>(P.x, task.b, t, task.head, p));
     }
     static_cast<C*>(P.dD_part.ptr)[task.row * P.dD_part.stride[0] + task.head * P.dD_part.stride[1] +
-                                   p * P.dD_part.stride[2]] = acc;
+                                   p * P.dD_part.stride[2]] = C(acc);
 }
 
 // One thread per task: per direction, g(log a_k) = sum_{k' >= k} dlog_k' in processing order,
