@@ -140,7 +140,7 @@ def _ema_bwd_kernel(dout_ptr, z_ptr, p_ptr, cu_ptr, eprev_ptr, h_ptr, dz_ptr, dp
         dst = rows[:, None].to(tl.int64) * D + d[None, :]
         tl.store(dz_ptr + dst, (p[:, None] * dz).to(dz_ptr.dtype.element_ty),
                  mask=ok[:, None] & dmask)
-        tl.store(dp_part_ptr + tl.program_id(1) * C + rows, dp, mask=ok)
+        tl.store(dp_part_ptr + tl.program_id(1).to(tl.int64) * C + rows, dp, mask=ok)
 
 
 def _dim_block(dim, nseq):

@@ -21,7 +21,8 @@ import torch
 
 from . import _routing_library  # noqa: F401  (registers the torch.ops.mmhnet routing ops)
 from ._backend import resolve_backend
-from ._checks import check_cu_seqlens_meta, check_same_device, check_tensor
+from ._checks import (check_cu_seqlens_meta, check_same_device, check_tensor, check_token_count,
+                      offsets_int32)
 from .reference import compute_dtype
 from .reference_routing import EMA_P_MIN
 
@@ -49,10 +50,6 @@ def _backend(backend, device, op):
     return resolve_backend(backend, device, op, symbol, backends)
 
 
-def _int32(t):
-    return t if t is None or t.dtype == torch.int32 else t.to(torch.int32)
-
-
 def route_boundaries(q, k, cu_seqlens=None, *, backend=None):
     """Boundary probabilities of adjacent tokens (fused normalise + cosine).
 
@@ -65,9 +62,11 @@ def route_boundaries(q, k, cu_seqlens=None, *, backend=None):
     check_tensor("q", q, ndim=2)
     check_tensor("k", k, shape=tuple(q.shape))
     check_same_device([("q", q), ("k", k), ("cu_seqlens", cu_seqlens)])
+    check_token_count("q", q.shape[0], "rows (tokens)")
     check_cu_seqlens_meta(cu_seqlens, 1)
     be = _backend(backend, q.device, "route_boundaries")
-    p, mask, _ = torch.ops.mmhnet.route_boundaries(q, k, _int32(cu_seqlens), be)
+    cu = offsets_int32(cu_seqlens, q.shape[0])
+    p, mask, _ = torch.ops.mmhnet.route_boundaries(q, k, cu, be)
     return p, mask
 
 
@@ -89,10 +88,11 @@ def chunk_gather(x, mask, cu_seqlens=None, *, p=None, backend=None):
     check_tensor("mask", mask, shape=(total,), dtypes=BOOL)
     check_tensor("p", p, shape=(total,), optional=True)
     check_same_device([("x", x), ("mask", mask), ("cu_seqlens", cu_seqlens), ("p", p)])
+    check_token_count("x", total, "rows (tokens)")
     check_cu_seqlens_meta(cu_seqlens, 1)
     be = _backend(backend, x.device, "chunk_gather")
     x_chunks, chunk_cu, chunk_id, p_chunks = torch.ops.mmhnet.chunk_gather(
-        x, mask, _int32(cu_seqlens), p, be)
+        x, mask, offsets_int32(cu_seqlens, total), p, be)
     if p is None:
         return x_chunks, chunk_cu, chunk_id
     return x_chunks, chunk_cu, chunk_id, p_chunks
@@ -113,9 +113,11 @@ def route_and_gather(q, k, x, cu_seqlens=None, *, backend=None):
     check_tensor("k", k, shape=tuple(q.shape))
     check_tensor("x", x, shape=(q.shape[0], None))
     check_same_device([("q", q), ("k", k), ("x", x), ("cu_seqlens", cu_seqlens)])
+    check_token_count("q", q.shape[0], "rows (tokens)")
     check_cu_seqlens_meta(cu_seqlens, 1)
     be = _backend(backend, q.device, "route_and_gather")
-    return torch.ops.mmhnet.route_and_gather(q, k, x, _int32(cu_seqlens), be)[:6]
+    return torch.ops.mmhnet.route_and_gather(q, k, x, offsets_int32(cu_seqlens, q.shape[0]),
+                                             be)[:6]
 
 
 def chunk_scatter(z_chunks, chunk_id, *, p=None, mask=None, backend=None):
@@ -132,6 +134,7 @@ def chunk_scatter(z_chunks, chunk_id, *, p=None, mask=None, backend=None):
     check_tensor("z_chunks", z_chunks, ndim=2)
     check_tensor("chunk_id", chunk_id, ndim=1, dtypes=INDEX_DTYPES)
     total = chunk_id.shape[0]
+    check_token_count("chunk_id", total, "entries (tokens)")
     if (p is None) != (mask is None):
         raise ValueError("chunk_scatter: give p and mask together (confidence straight-through "
                          "estimator) or neither")
@@ -156,11 +159,12 @@ def ema_smooth(z_chunks, p_chunks, chunk_cu_seqlens=None, bidirectional=False, *
     check_tensor("p_chunks", p_chunks, shape=(z_chunks.shape[0],))
     check_same_device([("z_chunks", z_chunks), ("p_chunks", p_chunks),
                        ("chunk_cu_seqlens", chunk_cu_seqlens)])
+    check_token_count("z_chunks", z_chunks.shape[0], "rows (chunks)")
     check_cu_seqlens_meta(chunk_cu_seqlens, 1, name="chunk_cu_seqlens")
     be = _backend(backend, z_chunks.device, "ema_smooth")
     rate = p_chunks.to(compute_dtype(z_chunks)).clamp(EMA_P_MIN, 1 - EMA_P_MIN)
-    return torch.ops.mmhnet.ema_smooth(z_chunks, rate, _int32(chunk_cu_seqlens),
-                                       bool(bidirectional), be)
+    chunk_cu = offsets_int32(chunk_cu_seqlens, rate.shape[0])
+    return torch.ops.mmhnet.ema_smooth(z_chunks, rate, chunk_cu, bool(bidirectional), be)
 
 
 def token_gather(x, index, *, backend=None):

@@ -16,7 +16,7 @@ import torch
 from . import _scan_reference
 from ._backend import resolve_backend
 from ._checks import (check_choice, check_cu_seqlens_meta, check_cu_seqlens_values,
-                      check_same_device, check_tensor)
+                      check_same_device, check_tensor, offsets_int32)
 from ._scan_args import BOTH, FORWARD, MODES, REVERSE, ScanArgs, ScanGrads
 
 __all__ = ["selective_scan", "bi_selective_scan", "ScanArgs", "ScanGrads"]
@@ -69,13 +69,7 @@ def _check_scan_args(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, rev=None):
         check_tensor("C_rev", C_rev, shape=(b, l, g, n), optional=True)
         named += [("dt_rev", dt_rev), ("A_rev", A_rev), ("B_rev", B_rev), ("C_rev", C_rev)]
     check_same_device(named)
-    check_cu_seqlens_meta(cu_seqlens, b)
-
-
-def _as_int32(cu_seqlens):
-    if cu_seqlens is None or cu_seqlens.dtype == torch.int32:
-        return cu_seqlens
-    return cu_seqlens.to(torch.int32)
+    check_cu_seqlens_meta(cu_seqlens, b, total=l)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,7 +90,7 @@ def selective_scan(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=
     _check_scan_args(x, dt, A, B, C, D, z, dt_bias, cu_seqlens)
     be = resolve_backend(backend, x.device, "selective_scan", NATIVE_SYMBOL)
     return _run(be, ScanArgs(x, dt, A, B, C, D, z, dt_bias, None, None, None, None,
-                             _as_int32(cu_seqlens), bool(dt_softplus),
+                             offsets_int32(cu_seqlens, x.shape[1]), bool(dt_softplus),
                              REVERSE if reverse else FORWARD, False))
 
 
@@ -115,7 +109,7 @@ def bi_selective_scan(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softpl
     _check_scan_args(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, rev=(dt_rev, A_rev, B_rev, C_rev))
     be = resolve_backend(backend, x.device, "bi_selective_scan", NATIVE_SYMBOL)
     return _run(be, ScanArgs(x, dt, A, B, C, D, z, dt_bias, dt_rev, A_rev, B_rev, C_rev,
-                             _as_int32(cu_seqlens), bool(dt_softplus), BOTH,
+                             offsets_int32(cu_seqlens, x.shape[1]), bool(dt_softplus), BOTH,
                              mode == "quasiseparable"))
 
 
