@@ -133,6 +133,14 @@ def test_anchored_lengths_float64(backend, seqlen, mode):
 
 
 @pytest.mark.parametrize("backend", NATIVE)
+@pytest.mark.parametrize("heads,groups,dstate", [(4, 2, 5), (2, 1, 0), (2, 2, 33)])
+def test_anchored_groups_and_states_float64(backend, heads, groups, dstate):
+    """Anchors with several groups, an empty state and a state wider than a vector."""
+    args, _ = _inputs(600, heads, 8, groups, dstate, batch=2, D="hp", z=True, rev=("B",))
+    _check("bi_selective_scan", args, mode="quasiseparable", backend=backend, device=backend)
+
+
+@pytest.mark.parametrize("backend", NATIVE)
 @pytest.mark.parametrize("reverse", [False, True])
 def test_anchored_packed_float64(backend, reverse):
     args, cu = _inputs([300, 1, 0, 513, 256, 257], 2, 8, 1, 8, D="hp", dt_bias=True,
