@@ -198,6 +198,9 @@ def test_too_many_tokens_is_a_value_error():
         chunk_scatter(torch.zeros(1, 1), torch.empty(n, dtype=torch.int32))
     with pytest.raises(ValueError, match=r"z_chunks has 2147483648 rows \(chunks\)"):
         ema_smooth(q, torch.empty(n))
+    x, dt = torch.empty(1, n, 1, 1), torch.empty(1, n, 1)  # a packed scan: int32 offsets
+    with pytest.raises(ValueError, match=r"x has 2147483648 packed tokens"):
+        bi_selective_scan(x, dt, -torch.ones(1), x, x, cu_seqlens=torch.tensor([0, n]))
 
 
 @pytest.mark.parametrize("bad", [[0, (1 << 32) + 3, 5], [0, 2, (1 << 32) + 5]])

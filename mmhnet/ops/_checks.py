@@ -63,7 +63,7 @@ def check_same_device(named):
 MAX_TOKENS = 2**31 - 1
 
 
-def check_token_count(name, count, what="packed tokens"):
+def check_token_count(name, count, what):
     """At most MAX_TOKENS rows where tokens are indexed with int32 (the tensors themselves may
     hold any number of elements: offsets into them are 64-bit)."""
     if count > MAX_TOKENS:
@@ -79,13 +79,10 @@ def offsets_int32(cu_seqlens, total):
     return cu_seqlens.clamp(-1, total + 1).to(torch.int32)
 
 
-def check_cu_seqlens_meta(cu_seqlens, batch, name="cu_seqlens", total=None):
-    """Metadata checks of packed offsets: 1-D integer tensor, batch == 1, and (given the packed
-    length ``total``) no more tokens than int32 offsets can address."""
+def check_cu_seqlens_meta(cu_seqlens, batch, name="cu_seqlens"):
+    """Metadata checks of packed offsets: 1-D integer tensor, batch == 1."""
     if cu_seqlens is None:
         return
-    if total is not None:
-        check_token_count("the packed sequence" if name == "cu_seqlens" else name, total)
     check_tensor(name, cu_seqlens, ndim=1, dtypes=(torch.int32, torch.int64))
     if cu_seqlens.numel() < 2:
         raise ValueError(f"{name} must hold at least 2 offsets (one sequence), "

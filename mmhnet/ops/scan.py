@@ -16,7 +16,7 @@ import torch
 from . import _scan_reference
 from ._backend import resolve_backend
 from ._checks import (check_choice, check_cu_seqlens_meta, check_cu_seqlens_values,
-                      check_same_device, check_tensor, offsets_int32)
+                      check_same_device, check_tensor, check_token_count, offsets_int32)
 from ._scan_args import BOTH, FORWARD, MODES, REVERSE, ScanArgs, ScanGrads
 
 __all__ = ["selective_scan", "bi_selective_scan", "ScanArgs", "ScanGrads"]
@@ -69,7 +69,9 @@ def _check_scan_args(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, rev=None):
         check_tensor("C_rev", C_rev, shape=(b, l, g, n), optional=True)
         named += [("dt_rev", dt_rev), ("A_rev", A_rev), ("B_rev", B_rev), ("C_rev", C_rev)]
     check_same_device(named)
-    check_cu_seqlens_meta(cu_seqlens, b, total=l)
+    check_cu_seqlens_meta(cu_seqlens, b)
+    if cu_seqlens is not None:
+        check_token_count("x", l, "packed tokens")
 
 
 # ----------------------------------------------------------------------------------------------
