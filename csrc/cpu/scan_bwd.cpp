@@ -38,7 +38,9 @@ struct BackwardScratch {
 // Anchors sit at steps m = spacing, 2 spacing, ... < n of the processing order; spacing is a
 // multiple of kBlockSteps, so that both passes end a block there, and doubles for long
 // sequences so that the saved states stay under kAnchorBytes.
-constexpr int64_t kAnchorSteps = 4 * kBlockSteps;
+// Every block: at 8192 steps the float32 error of dA is then ~3e-6 (median; 1.3e-5 with anchors
+// every 256 steps, whose tail reached 6e-5), for ~5% of the backward's time.
+constexpr int64_t kAnchorSteps = kBlockSteps;
 constexpr int64_t kAnchorBytes = int64_t(16) << 20;
 
 struct AnchorGrid {
