@@ -19,7 +19,7 @@
 // so the backward recomputes nothing but these four scans. The sum telescopes: its terms do not
 // shrink with g(log a_k), so their rounding errors add up along the sequence, and dA and dt_bias
 // (sums of g(log a) over all tokens) would lose precision in proportion to the length. So at
-// "anchors" (every 64 steps on CPU, 256 or more on CUDA) the sum restarts from the inner product on the right, which
+// "anchors" (every 64 steps on CPU, max(64, 4 * dstate) on CUDA) the sum restarts from the inner product on the right, which
 // the F_n and R_n passes' states give there (the F_n pass saves its state for the R_n pass).
 //
 // dtypes: the "big" tensors (x, z, B, C, B_rev, C_rev, y, dy, dx, dz) have the storage dtype
@@ -114,7 +114,7 @@ struct ScanParams {
     // byte per element of x. A sequence whose first token is the flat token F = b * seqlen +
     // begin uses the slots F / anchor_steps() + 0, 1, ...: never those of the next sequence,
     // which starts at F + len.
-    MMHNET_HOST_DEVICE int64_t anchor_steps() const { return dstate * 4 > 256 ? dstate * 4 : 256; }
+    MMHNET_HOST_DEVICE int64_t anchor_steps() const { return dstate * 4 > 64 ? dstate * 4 : 64; }
     MMHNET_HOST_DEVICE int64_t anchor_slots() const { return batch * seqlen / anchor_steps() + 1; }
 };
 
