@@ -238,10 +238,49 @@ def test_bad_inputs_get_clear_errors():
     (dict(conv_per_direction=True, mode="quasiseparable"), "conv_per_direction"),
     (dict(conv_impl="cuda"), "conv impl"),
     (dict(A_init_range=(0, 1)), "A_init_range"),
+    (dict(headdim=0), "headdim must be positive, got 0"),
+    (dict(headdim=-8), "headdim must be positive, got -8"),
+    (dict(d_state=0), "d_state must be positive"),
+    (dict(expand=1.3), r"expand \* d_model must be a whole number of channels, got 1.3 \* 16"),
+    (dict(expand=-2), "expand must be a positive number"),
+    (dict(dt_min=0.0), "0 < dt_min <= dt_max"),
+    (dict(dt_min=0.2, dt_max=0.1), "0 < dt_min <= dt_max"),
+    (dict(backend="fast"), "backend must be one of"),
 ])
 def test_bad_options_get_clear_errors(options, match):
     with pytest.raises(ValueError, match=match):
         build(**options)
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(d_model=16.0), "d_model must be an int, got float"),
+    (dict(headdim="8"), "headdim must be an int, got str"),
+    (dict(ngroups=True), "ngroups must be an int, got bool"),
+])
+def test_non_integer_sizes_are_type_errors(options, match):
+    with pytest.raises(TypeError, match=match):
+        build(**options)
+
+
+def test_fractional_expand_with_whole_channels_is_accepted():
+    assert build(expand=1.5).d_inner == 24
+
+
+def test_input_dtype_must_match_the_parameters():
+    m = build()
+    with pytest.raises(TypeError, match="x has dtype torch.float64 but the layer's parameters "
+                                        "are torch.float32"):
+        m(torch.randn(1, 5, 16, dtype=torch.float64))
+
+
+def test_mask_with_a_hole_is_refused_and_padding_at_both_ends_is_not():
+    m = build()
+    x = torch.randn(1, 6, 16)
+    hole = torch.tensor([[True, False, True, True, True, True]])
+    with pytest.raises(ValueError, match="mask row 0 has 2 separate runs of real tokens"):
+        m(x, mask=hole)
+    both_ends = torch.tensor([[False, True, True, True, False, False]])
+    assert_close_rel(m(x, mask=both_ends)[:, 1:4], m(x[:, 1:4]), 1e-5, "padded at both ends")
 
 
 def test_torch_compile_matches_eager():

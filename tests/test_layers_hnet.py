@@ -148,6 +148,18 @@ def test_bad_inputs_get_clear_errors():
         net(torch.randn(2, 5, 16), cu_seqlens=random_cu_seqlens([3, 2]))
     with pytest.raises(ValueError, match="target_ratio"):
         DynamicChunking(8, target_ratio=1.0)
+    with pytest.raises(ValueError, match="target_ratio must be finite"):
+        DynamicChunking(8, target_ratio=float("inf"))
+    with pytest.raises(TypeError, match="target_ratio must be a Python number, got str"):
+        DynamicChunking(8, target_ratio="4")
+    with pytest.raises(ValueError, match="d_model must be positive, got 0"):
+        DynamicChunking(0)
+    with pytest.raises(TypeError, match="bidirectional must be a bool"):
+        DynamicChunking(8, bidirectional="yes")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        DynamicChunking(8, backend="fast")
+    with pytest.raises(ValueError, match="target_ratio must be finite"):
+        HNet(["m1", ["m1"], "m1"], [16, 24], target_ratios=float("inf"), mixer_options=MIXER)
     assert parse_layout("m2M1") == ["m", "m", "M"]
 
 

@@ -104,6 +104,29 @@ def test_model_input_errors_name_the_field():
         model(x, t, cond._replace(text=torch.randn(2, 77, 1024)))
 
 
+
+def test_flow_time_and_drop_flags_take_one_value_per_clip():
+    """t and the drop flags are (B,): one value is refused, not broadcast over the clips."""
+    model = build_model("tiny")
+    f = good_features()
+    cond = Conditions(*(torch.cat([f[k][None]] * 2) for k in ("visual", "sync", "text")))
+    x, t = torch.randn(2, 63, 20), torch.rand(2)
+    with pytest.raises(ValueError, match=r"t must have shape \(2,\), one value per clip, got \(1,\)"):
+        model(x, torch.rand(1), cond)
+    with pytest.raises(ValueError, match=r"t must have shape \(2,\), .* got \(2, 1\)"):
+        model(x, torch.rand(2, 1), cond)
+    with pytest.raises(TypeError, match="t must be a floating-point torch.Tensor of shape"):
+        model(x, 0.3, cond)
+    with pytest.raises(TypeError, match="t must be a floating-point tensor, got torch.int64"):
+        model(x, torch.ones(2, dtype=torch.long), cond)
+    with pytest.raises(ValueError, match=r"drop_video must have shape \(2,\)"):
+        model(x, t, cond, drop_video=torch.tensor([True]))
+    with pytest.raises(TypeError, match="drop_text must be a bool tensor, got torch.float32"):
+        model(x, t, cond, drop_text=torch.ones(2))
+    out = model(x, t, cond, drop_video=torch.tensor([True, False]))
+    assert out.velocity.shape == (2, 63, 20) and torch.isfinite(out.velocity).all()
+
+
 def test_training_source_crops_windows_and_reports_bad_files(tmp_path):
     long = good_features(12)
     write(tmp_path, long, "long.pt")

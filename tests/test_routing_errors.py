@@ -25,6 +25,32 @@ def test_route_boundaries_shapes_dtypes_devices():
         route_boundaries(q, q, torch.tensor([0.0, 6.0]))
     with pytest.raises(ValueError, match="cu_seqlens is on meta but q is on cpu"):
         route_boundaries(q, q, _cu(0, 6).to("meta"))
+    with pytest.raises(TypeError, match="cu_seqlens must be a torch.Tensor or None, got list"):
+        route_boundaries(q, q, [0, 6])
+
+
+@pytest.mark.parametrize("backend", backend_params("route_and_gather"))
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float64), (torch.float64, torch.float32),
+                                    (torch.bfloat16, torch.float32)])
+def test_q_and_k_dtypes_must_match(backend, dtypes):
+    """The kernels read k with q's element type: a mismatch is refused, not misread."""
+    dev = backend_device(backend)
+    q, k = torch.randn(6, 4, device=dev, dtype=dtypes[0]), torch.randn(6, 4, device=dev,
+                                                                      dtype=dtypes[1])
+    msg = f"k must have the dtype of q \\({dtypes[0]}\\), got {dtypes[1]}"
+    with pytest.raises(TypeError, match=msg):
+        route_boundaries(q, k, backend=backend)
+    with pytest.raises(TypeError, match=msg):
+        route_and_gather(q, k, q, backend=backend)
+
+
+def test_value_dependent_sizes_refuse_meta_tensors():
+    x, mask = torch.randn(6, 4, device="meta"), torch.ones(6, dtype=torch.bool, device="meta")
+    with pytest.raises(ValueError, match="chunk_gather: the size of its output depends on the "
+                                         "values of mask, and mask is a meta tensor"):
+        chunk_gather(x, mask)
+    with pytest.raises(ValueError, match="route_and_gather: .* q is a meta tensor"):
+        route_and_gather(x, x, x)
 
 
 @pytest.mark.parametrize("cu,match", [
@@ -105,6 +131,9 @@ def test_ema_smooth_bad_arguments():
         ema_smooth(z, torch.rand(4))
     with pytest.raises(ValueError, match="chunk_cu_seqlens must hold at least 2 offsets"):
         ema_smooth(z, torch.rand(5), _cu(0))
+    for flag in ("False", torch.tensor([True, False]), 2, None):
+        with pytest.raises(TypeError, match="bidirectional must be a bool"):
+            ema_smooth(z, torch.rand(5), None, flag)
 
 
 @pytest.mark.parametrize("backend", backend_params("token_gather"))
@@ -128,11 +157,25 @@ def test_token_bad_arguments():
         token_scatter(x, torch.tensor([0, 1]), 5)
     with pytest.raises(ValueError, match="num_rows must be a non-negative int"):
         token_scatter(x, torch.arange(5), -1)
+    with pytest.raises(ValueError, match="num_rows has 4611686018427387904 rows; .* int32"):
+        token_scatter(x, torch.arange(5), 2**62)
 
 
 @pytest.mark.parametrize("target", [1, 1.0, 0.5, -3])
 def test_ratio_loss_target_ratio(target):
     with pytest.raises(ValueError, match="target_ratio must be > 1"):
+        ratio_loss(torch.ones(3, dtype=torch.bool), torch.rand(3), target)
+
+
+@pytest.mark.parametrize("target,exc,match", [
+    (float("inf"), ValueError, "target_ratio must be finite, got inf"),
+    (float("nan"), ValueError, "target_ratio must be finite, got nan"),
+    ("4", TypeError, "target_ratio must be a Python number, got str"),
+    (True, TypeError, "target_ratio must be a Python number, got bool"),
+    (torch.tensor(4.0), TypeError, "target_ratio must be a Python number, got Tensor"),
+])
+def test_ratio_loss_target_ratio_type_and_finite(target, exc, match):
+    with pytest.raises(exc, match=match):
         ratio_loss(torch.ones(3, dtype=torch.bool), torch.rand(3), target)
 
 

@@ -42,6 +42,10 @@ BAD = [
     ("cu dtype", dict(cu_seqlens=torch.tensor([0.0, 9.0])), TypeError, "cu_seqlens must have"),
     ("B_rev shape", dict(B_rev=torch.randn(2, 9, 2, 4)), ValueError, "B_rev must have shape"),
     ("dt_rev length", dict(dt_rev=torch.randn(2, 8, 4)), ValueError, "dt_rev must have shape"),
+    ("cu list", dict(cu_seqlens=[0, 9]), TypeError, "cu_seqlens must be a torch.Tensor"),
+    ("softplus str", dict(dt_softplus="False"), TypeError, "dt_softplus must be a bool"),
+    ("softplus tensor", dict(dt_softplus=torch.tensor([True, False])), TypeError,
+     "dt_softplus must be a bool"),
 ]
 
 
@@ -49,6 +53,14 @@ BAD = [
 def test_bad_arguments(name, over, exc, msg):
     with pytest.raises(exc, match=_re(msg)):
         _call(**over)
+
+
+def test_reverse_must_be_a_bool():
+    with pytest.raises(TypeError, match="reverse must be a bool, got str 'no'"):
+        _call("selective_scan", reverse="no")
+    a = _args()  # 0 and 1 are accepted as False and True
+    assert torch.equal(ops.selective_scan(**a, reverse=1, backend="reference"),
+                       ops.selective_scan(**a, reverse=True, backend="reference"))
 
 
 def _re(msg):

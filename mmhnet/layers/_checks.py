@@ -1,9 +1,47 @@
-"""Argument checks of the layers' forward inputs. Every message names the argument.
+"""Argument checks of the layers' constructor arguments and forward inputs. Every message names
+the argument.
 
-Only metadata is read (shapes, dtypes), so the checks also run under torch.compile.
+Forward checks read metadata only (shapes, dtypes), so they also run under torch.compile; the
+one value check, ``check_mask_contiguous``, syncs once per mask tensor and is skipped while
+compiling.
 """
 
 import torch
+
+from mmhnet.ops._checks import already_validated, remember_validated
+
+
+def check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def check_param_dtype(x, weight, name="x"):
+    """Outside autocast, a layer's input must have its parameters' dtype (torch's own error,
+    from deep inside F.linear, names neither)."""
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"{name} has dtype {x.dtype} but the layer's parameters are "
+                        f"{weight.dtype}; convert one of them (module.to(dtype)) or use autocast")
+
+
+def check_mask_contiguous(mask):
+    """The real tokens of each row of mask (batch, seqlen) must be one run (padding on the
+    left, the right or both): the scans and convs of a padded batch treat the run as one
+    sequence. One host sync per mask tensor; skipped under torch.compile."""
+    if torch.compiler.is_compiling() or already_validated(mask, "contiguous mask"):
+        return
+    starts = mask.clone()
+    starts[:, 1:] &= ~mask[:, :-1]
+    runs = starts.sum(1)
+    if mask.numel() and int(runs.max()) > 1:
+        row = int(runs.argmax())
+        raise ValueError(f"mask row {row} has {int(runs[row])} separate runs of real tokens; "
+                         f"the real tokens of each row must be contiguous (padding only at the "
+                         f"ends)")
+    remember_validated(mask, "contiguous mask")
 
 
 def check_tokens(x, d_model, cu_seqlens=None, mask=None, name="x"):

@@ -43,7 +43,10 @@ import torch.nn.functional as F
 
 from mmhnet.ops import bi_selective_scan, selective_scan
 
-from ._checks import check_tokens
+from mmhnet.ops import BACKENDS
+from mmhnet.ops._checks import check_choice
+
+from ._checks import check_mask_contiguous, check_param_dtype, check_positive_int, check_tokens
 from .conv import DepthwiseConv1d
 from .norms import RMSNormGated, gated_rms_norm_linear
 
@@ -60,6 +63,17 @@ HYDRA_OPTIONS = dict(d_state=64, d_conv=7, A_init_range=(1, 1), mode="quasisepar
 # Vim's bidirectional v2 block, with Mamba-2's SSM inside.
 VIM_OPTIONS = dict(mode="sum", reverse_params=("dt", "dt_bias", "B", "C", "A"),
                    conv_per_direction=True, rmsnorm=False)
+
+
+def _d_inner(expand, d_model):
+    """expand * d_model, which must be a whole number of channels (expand may be a float)."""
+    if isinstance(expand, bool) or not isinstance(expand, (int, float)) or not expand > 0:
+        raise ValueError(f"expand must be a positive number, got {expand!r}")
+    d_inner = expand * d_model
+    if d_inner != int(d_inner):
+        raise ValueError(f"expand * d_model must be a whole number of channels, got "
+                         f"{expand} * {d_model} = {d_inner}")
+    return int(d_inner)
 
 
 def _init_dt_bias(nheads, dt_min, dt_max, dt_init_floor, factory):
@@ -93,13 +107,16 @@ class BiMamba2(nn.Module):
                  conv_impl="auto", backend=None):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
+        for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv),
+                            ("headdim", headdim), ("ngroups", ngroups)):
+            check_positive_int(name, value)
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
-        self.d_inner = expand * d_model
+        self.d_inner = _d_inner(expand, d_model)
         self.d_ssm = self.d_inner if d_ssm is None else d_ssm
         self.headdim, self.ngroups = headdim, ngroups
         self.reverse_params = tuple(p for p in REVERSE_PARAMS if p in set(reverse_params))
-        self._check_config(d_state, d_conv, A_init_range, mode, reverse_params,
-                           conv_per_direction, D_from_input)
+        self._check_config(A_init_range, mode, reverse_params, conv_per_direction,
+                           D_from_input, dt_min, dt_max, backend)
         self.nheads = self.d_ssm // headdim
         self.D_has_hdim, self.rmsnorm, self.norm_before_gate = D_has_hdim, rmsnorm, norm_before_gate
         self.dt_limit = tuple(dt_limit)
@@ -150,10 +167,15 @@ class BiMamba2(nn.Module):
                                      **factory)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
 
-    def _check_config(self, d_state, d_conv, A_init_range, mode, reverse_params,
-                      conv_per_direction, D_from_input):
+    def _check_config(self, A_init_range, mode, reverse_params, conv_per_direction,
+                      D_from_input, dt_min, dt_max, backend):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
+        if backend is not None:
+            check_choice("backend", backend, BACKENDS)
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"dt_min and dt_max must satisfy 0 < dt_min <= dt_max; got "
+                             f"dt_min={dt_min}, dt_max={dt_max}")
         unknown = set(reverse_params) - set(REVERSE_PARAMS)
         if unknown:
             raise ValueError(f"reverse_params must be names among {REVERSE_PARAMS}; got "
@@ -166,8 +188,6 @@ class BiMamba2(nn.Module):
         if self.ngroups <= 0 or (self.d_ssm // self.headdim) % self.ngroups != 0:
             raise ValueError(f"nheads ({self.d_ssm // self.headdim}) must be divisible by "
                              f"ngroups ({self.ngroups})")
-        if d_state <= 0 or d_conv <= 0:
-            raise ValueError(f"d_state ({d_state}) and d_conv ({d_conv}) must be positive")
         if not (A_init_range[0] > 0 and A_init_range[1] >= A_init_range[0]):
             raise ValueError(f"A_init_range must be (low, high) with 0 < low <= high; got "
                              f"{A_init_range}")
@@ -222,6 +242,9 @@ class BiMamba2(nn.Module):
         sequences (batch 1). mask: (batch, seqlen) bool, True for real tokens, which must be
         contiguous in each row; padded rows come out zero."""
         check_tokens(x, self.d_model, cu_seqlens, mask)
+        check_param_dtype(x, self.in_proj.weight)
+        if mask is not None:
+            check_mask_contiguous(mask)
         z0, x0, z, xBC, dt = torch.split(self.in_proj(x), self._in_split, dim=-1)
         dt_rev = None
         if "dt" in self.reverse_params:

@@ -27,9 +27,10 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from mmhnet.ops import chunk_scatter, ema_smooth, ratio_loss, route_and_gather
+from mmhnet.ops import BACKENDS, chunk_scatter, ema_smooth, ratio_loss, route_and_gather
+from mmhnet.ops._checks import check_choice, check_flag, check_number
 
-from ._checks import check_tokens
+from ._checks import check_positive_int, check_tokens
 from ._packing import Packing, pack
 
 __all__ = ["DynamicChunking", "Routing"]
@@ -65,8 +66,11 @@ class DynamicChunking(nn.Module):
     def __init__(self, d_model, target_ratio=4.0, bidirectional=True, backend=None, device=None,
                  dtype=None):
         super().__init__()
-        if not target_ratio > 1:
-            raise ValueError(f"target_ratio must be > 1 (mean tokens per chunk), got {target_ratio}")
+        check_positive_int("d_model", d_model)
+        check_number("target_ratio", target_ratio, low=1)  # mean tokens per chunk
+        bidirectional = check_flag("bidirectional", bidirectional)
+        if backend is not None:
+            check_choice("backend", backend, BACKENDS)
         self.d_model, self.target_ratio, self.bidirectional = d_model, target_ratio, bidirectional
         self.backend = backend
         self.q_proj = nn.Linear(d_model, d_model, bias=False, device=device, dtype=dtype)

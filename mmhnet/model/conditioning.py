@@ -75,6 +75,20 @@ class FeatureProjection(nn.Sequential):
         super().__init__(nn.Linear(d_in, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
 
 
+def _check_per_clip(name, t, batch, floating):
+    """t: a (batch,) tensor, one value per clip: float flow times or bool drop flags. A single
+    value is refused rather than broadcast over the clips."""
+    kind = "floating-point" if floating else "bool"
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a {kind} torch.Tensor of shape ({batch},), got "
+                        f"{type(t).__name__}")
+    if (t.dtype.is_floating_point if floating else t.dtype == torch.bool) is False:
+        raise TypeError(f"{name} must be a {kind} tensor, got {t.dtype}")
+    if tuple(t.shape) != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},), one value per clip, got "
+                         f"{tuple(t.shape)}")
+
+
 def _replace_dropped(features, null, drop):
     """features (B, N, d_in); null (d_in,); drop None | (B,) bool -> features with the dropped
     clips' rows replaced by null. torch.where keeps ``null`` in the graph even when nothing is
@@ -110,6 +124,9 @@ class ConditionEncoder(nn.Module):
     def forward(self, conditions, drop_video: Optional[torch.Tensor] = None,
                 drop_text: Optional[torch.Tensor] = None):
         counts = validate_batch(self.config, conditions)
+        for name, drop in (("drop_video", drop_video), ("drop_text", drop_text)):
+            if drop is not None:
+                _check_per_clip(name, drop, conditions.visual.shape[0], floating=False)
         visual = _replace_dropped(conditions.visual, self.null_visual, drop_video)
         sync = _replace_dropped(conditions.sync, self.null_sync, drop_video)
         text = _replace_dropped(conditions.text, self.null_text, drop_text)
@@ -122,4 +139,5 @@ class ConditionEncoder(nn.Module):
 
     def global_condition(self, encoded, t):
         """adaLN input (B, d): SiLU(pooled conditions + time embedding). t: (B,) in [0, 1]."""
+        _check_per_clip("t", t, encoded.pooled.shape[0], floating=True)
         return F.silu(encoded.pooled + self.time_embedding(t).to(encoded.pooled.dtype))

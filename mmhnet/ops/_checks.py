@@ -6,6 +6,7 @@ device checks only read metadata, so they also run under torch.compile; checks o
 """
 
 import collections
+import math
 import weakref
 
 import torch
@@ -52,6 +53,8 @@ def check_same_device(named):
     for name, t in named:
         if t is None:
             continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
         if ref is None:
             ref_name, ref = name, t
         elif t.device != ref.device:
@@ -91,20 +94,26 @@ def check_cu_seqlens_meta(cu_seqlens, batch, name="cu_seqlens"):
         raise ValueError(f"{name} packs sequences along the length, so batch must be 1; got batch {batch}")
 
 
-# Offsets already validated: (weak reference, version counter, total). One packed batch passes
-# the same cu_seqlens to every layer of a model; only its first use pays the host sync.
+# Tensors whose values passed a check: (weak reference, version counter, what was checked). One
+# packed batch passes the same cu_seqlens (or mask) to every layer of a model; only its first
+# use pays the host sync.
 _VALIDATED = collections.deque(maxlen=8)
 
 
-def _already_validated(t, total):
-    return any(ref() is t and version == t._version and tot == total
-               for ref, version, tot in _VALIDATED)
+def already_validated(t, key):
+    """True when ``t``, unmodified since, passed the check ``key`` (any hashable)."""
+    return any(ref() is t and version == t._version and k == key
+               for ref, version, k in _VALIDATED)
+
+
+def remember_validated(t, key):
+    _VALIDATED.append((weakref.ref(t), t._version, key))
 
 
 def check_cu_seqlens_values(cu_seqlens, total, name="cu_seqlens"):
     """Value checks: starts at 0, never decreases, ends at ``total``. Costs one host sync the
     first time a given (unmodified) offsets tensor is seen."""
-    if cu_seqlens is None or _already_validated(cu_seqlens, total):
+    if cu_seqlens is None or already_validated(cu_seqlens, ("cu_seqlens", total)):
         return
     vals = cu_seqlens.tolist()
     if vals[0] != 0:
@@ -115,7 +124,40 @@ def check_cu_seqlens_values(cu_seqlens, total, name="cu_seqlens"):
                              f"{name}[{i - 1}] = {vals[i - 1]}")
     if vals[-1] != total:
         raise ValueError(f"{name} must end at the total length {total}, got {vals[-1]}")
-    _VALIDATED.append((weakref.ref(cu_seqlens), cu_seqlens._version, total))
+    remember_validated(cu_seqlens, ("cu_seqlens", total))
+
+
+def check_same_dtype(name, t, ref_name, ref):
+    """Kernels read two tensors with one element type: a mismatch is an error, not a cast."""
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")
+
+
+def check_has_values(name, t, op):
+    """Ops whose output size depends on a tensor's values cannot run on the meta device
+    (torch.compile's fake tensors are fine: they carry a real device)."""
+    if t.device.type == "meta":
+        raise ValueError(f"{op}: the size of its output depends on the values of {name}, and "
+                         f"{name} is a meta tensor (it has none)")
+
+
+def check_flag(name, value):
+    """A Python bool (or int 0/1). Strings, tensors and other objects are refused rather than
+    truth-tested: "False" would silently mean True."""
+    if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+
+
+def check_number(name, value, low=None, finite=True):
+    """A real Python number (not a bool or a tensor), finite, and > low when low is given."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a Python number, got {type(value).__name__}")
+    if finite and not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and not value > low:
+        raise ValueError(f"{name} must be > {low}, got {value}")
+    return value
 
 
 def check_choice(name, value, choices):

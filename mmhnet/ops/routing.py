@@ -21,7 +21,8 @@ import torch
 
 from . import _routing_library  # noqa: F401  (registers the torch.ops.mmhnet routing ops)
 from ._backend import resolve_backend
-from ._checks import (check_cu_seqlens_meta, check_same_device, check_tensor, check_token_count,
+from ._checks import (check_cu_seqlens_meta, check_flag, check_has_values, check_number,
+                      check_same_device, check_same_dtype, check_tensor, check_token_count,
                       offsets_int32)
 from .reference import compute_dtype
 from .reference_routing import EMA_P_MIN
@@ -61,6 +62,7 @@ def route_boundaries(q, k, cu_seqlens=None, *, backend=None):
     """
     check_tensor("q", q, ndim=2)
     check_tensor("k", k, shape=tuple(q.shape))
+    check_same_dtype("k", k, "q", q)
     check_same_device([("q", q), ("k", k), ("cu_seqlens", cu_seqlens)])
     check_token_count("q", q.shape[0], "rows (tokens)")
     check_cu_seqlens_meta(cu_seqlens, 1)
@@ -88,6 +90,7 @@ def chunk_gather(x, mask, cu_seqlens=None, *, p=None, backend=None):
     check_tensor("mask", mask, shape=(total,), dtypes=BOOL)
     check_tensor("p", p, shape=(total,), optional=True)
     check_same_device([("x", x), ("mask", mask), ("cu_seqlens", cu_seqlens), ("p", p)])
+    check_has_values("mask", mask, "chunk_gather")
     check_token_count("x", total, "rows (tokens)")
     check_cu_seqlens_meta(cu_seqlens, 1)
     be = _backend(backend, x.device, "chunk_gather")
@@ -112,7 +115,9 @@ def route_and_gather(q, k, x, cu_seqlens=None, *, backend=None):
     check_tensor("q", q, ndim=2)
     check_tensor("k", k, shape=tuple(q.shape))
     check_tensor("x", x, shape=(q.shape[0], None))
+    check_same_dtype("k", k, "q", q)
     check_same_device([("q", q), ("k", k), ("x", x), ("cu_seqlens", cu_seqlens)])
+    check_has_values("q", q, "route_and_gather")
     check_token_count("q", q.shape[0], "rows (tokens)")
     check_cu_seqlens_meta(cu_seqlens, 1)
     be = _backend(backend, q.device, "route_and_gather")
@@ -164,7 +169,8 @@ def ema_smooth(z_chunks, p_chunks, chunk_cu_seqlens=None, bidirectional=False, *
     be = _backend(backend, z_chunks.device, "ema_smooth")
     rate = p_chunks.to(compute_dtype(z_chunks)).clamp(EMA_P_MIN, 1 - EMA_P_MIN)
     chunk_cu = offsets_int32(chunk_cu_seqlens, z_chunks.shape[0])
-    return torch.ops.mmhnet.ema_smooth(z_chunks, rate, chunk_cu, bool(bidirectional), be)
+    return torch.ops.mmhnet.ema_smooth(z_chunks, rate, chunk_cu,
+                                       check_flag("bidirectional", bidirectional), be)
 
 
 def token_gather(x, index, *, backend=None):
@@ -190,6 +196,7 @@ def token_scatter(y, index, num_rows, *, backend=None):
     check_same_device([("y", y), ("index", index)])
     if not isinstance(num_rows, int) or isinstance(num_rows, bool) or num_rows < 0:
         raise ValueError(f"num_rows must be a non-negative int, got {num_rows!r}")
+    check_token_count("num_rows", num_rows, "rows")
     be = _backend(backend, y.device, "token_scatter")
     return torch.ops.mmhnet.token_scatter(y, index, num_rows, be)
 
@@ -201,11 +208,7 @@ def ratio_loss(mask, p, target_ratio, *, backend=None):
     check_tensor("p", p, ndim=1)
     check_tensor("mask", mask, shape=tuple(p.shape), dtypes=BOOL)
     check_same_device([("mask", mask), ("p", p)])
-    if isinstance(target_ratio, torch.Tensor) or not isinstance(target_ratio, (int, float)):
-        raise TypeError(f"target_ratio must be a Python number, got {type(target_ratio).__name__}")
-    if not target_ratio > 1:
-        raise ValueError(f"target_ratio must be > 1 (the mean chunk length it aims for), "
-                         f"got {target_ratio}")
+    check_number("target_ratio", target_ratio, low=1)  # the mean chunk length it aims for
     if p.shape[0] == 0:
         raise ValueError("ratio_loss needs at least one token; p is empty")
     be = _backend(backend, p.device, "ratio_loss")

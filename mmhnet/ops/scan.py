@@ -15,7 +15,7 @@ import torch
 
 from . import _scan_reference
 from ._backend import resolve_backend
-from ._checks import (check_choice, check_cu_seqlens_meta, check_cu_seqlens_values,
+from ._checks import (check_choice, check_cu_seqlens_meta, check_cu_seqlens_values, check_flag,
                       check_same_device, check_tensor, check_token_count, offsets_int32)
 from ._scan_args import BOTH, FORWARD, MODES, REVERSE, ScanArgs, ScanGrads
 
@@ -92,8 +92,9 @@ def selective_scan(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=
     _check_scan_args(x, dt, A, B, C, D, z, dt_bias, cu_seqlens)
     be = resolve_backend(backend, x.device, "selective_scan", NATIVE_SYMBOL)
     return _run(be, ScanArgs(x, dt, A, B, C, D, z, dt_bias, None, None, None, None,
-                             offsets_int32(cu_seqlens, x.shape[1]), bool(dt_softplus),
-                             REVERSE if reverse else FORWARD, False))
+                             offsets_int32(cu_seqlens, x.shape[1]),
+                             check_flag("dt_softplus", dt_softplus),
+                             REVERSE if check_flag("reverse", reverse) else FORWARD, False))
 
 
 def bi_selective_scan(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False,
@@ -111,7 +112,8 @@ def bi_selective_scan(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softpl
     _check_scan_args(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, rev=(dt_rev, A_rev, B_rev, C_rev))
     be = resolve_backend(backend, x.device, "bi_selective_scan", NATIVE_SYMBOL)
     return _run(be, ScanArgs(x, dt, A, B, C, D, z, dt_bias, dt_rev, A_rev, B_rev, C_rev,
-                             offsets_int32(cu_seqlens, x.shape[1]), bool(dt_softplus), BOTH,
+                             offsets_int32(cu_seqlens, x.shape[1]),
+                             check_flag("dt_softplus", dt_softplus), BOTH,
                              mode == "quasiseparable"))
 
 
