@@ -6,6 +6,7 @@ from torch.library import opcheck
 
 from mmhnet import ops
 from mmhnet.ops import reference as ref
+from helpers import permuted
 from routing_cases import backend_device, backend_params, make_packed
 
 
@@ -23,9 +24,14 @@ def _grad(t):
     return t.detach().clone().requires_grad_(True)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "permuted"])
 @pytest.mark.parametrize("backend", backend_params("chunk_gather"))
-def test_opcheck(backend):
+def test_opcheck(backend, layout):
+    """Every op and backward op; "permuted": the (rows, dim) inputs dense but column-major, where
+    the fake kernels must still give the real outputs' strides."""
     a = _inputs(backend_device(backend))
+    if layout == "permuted":
+        a.update({k: permuted(a[k]) for k in ("q", "k", "x", "z")})
     mm = torch.ops.mmhnet
     cases = [
         (mm.route_boundaries, (_grad(a["q"]), _grad(a["k"]), a["cu"], backend)),

@@ -10,8 +10,9 @@ import torch
 
 import mmhnet._C as native_cpu
 import mmhnet.ops as ops
-from helpers import (HAS_CUDA, TOL, assert_close_rel, check_scan_against_reference, clone_inputs,
-                     grads_of, make_scan_inputs, random_cu_seqlens)
+from helpers import (HAS_CUDA, TOL, assert_close_rel, check_reverse_inputs_aliasing_forward,
+                     check_scan_against_reference, clone_inputs, grads_of, make_scan_inputs,
+                     permuted, random_cu_seqlens)
 from mmhnet.ops import reference as R
 
 REV_PARAMS = ("dt", "A", "B", "C")
@@ -230,6 +231,21 @@ def test_opcheck_cpu():
     sample = (a["x"], a["dt"], a["A"], a["B"], a["C"], a["D"], a["z"], a["dt_bias"], None, None,
               a["B_rev"], None, cu, True, 3, True, "cpu")
     torch.library.opcheck(torch.ops.mmhnet.bi_scan.default, sample)
+
+
+def test_opcheck_cpu_permuted_inputs():
+    """Dense inputs with permuted strides: the fake kernel must give the real output's strides."""
+    args, _ = _inputs(20, 2, 4, 1, 8, dtype=torch.float32, D="h", z=True)
+    a = {k: permuted(v) if k in ("x", "z", "dt", "B") else v for k, v in clone_inputs(args).items()}
+    assert not a["x"].is_contiguous()
+    sample = (a["x"], a["dt"], a["A"], a["B"], a["C"], a["D"], a["z"], None, None, None, None,
+              None, None, True, 3, False, "cpu")
+    torch.library.opcheck(torch.ops.mmhnet.bi_scan.default, sample)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reverse_inputs_aliasing_forward(dtype):
+    check_reverse_inputs_aliasing_forward("cpu", "cpu", dtype)
 
 
 def test_binding_rejects_bad_arguments():

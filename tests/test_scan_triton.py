@@ -7,7 +7,8 @@ import torch
 
 import mmhnet.ops._scan_triton as scan_triton
 from helpers import (HAS_CUDA, TOL, TRITON_DEVICE, assert_close_rel, check_scan_against_reference,
-                     clone_inputs, make_scan_inputs, random_cu_seqlens)
+                     check_reverse_inputs_aliasing_forward, clone_inputs, make_scan_inputs,
+                     permuted, random_cu_seqlens)
 
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if HAS_CUDA else [])
 
@@ -104,6 +105,23 @@ def test_opcheck_triton():
     torch.library.opcheck(torch.ops.mmhnet.bi_scan.default, sample,
                           test_utils=("test_schema", "test_autograd_registration",
                                       "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+def test_opcheck_triton_permuted_inputs():
+    """Dense inputs with permuted strides: the fake kernel must give the real output's strides."""
+    args, _ = _inputs(("bi", 20, 2, 4, 1, 8, dict(D="h", z=True)), dtype=torch.float32)
+    a = {k: permuted(v) if k in ("x", "z", "dt", "B") else v
+         for k, v in clone_inputs(args, device=TRITON_DEVICE).items()}
+    assert not a["x"].is_contiguous()
+    sample = (a["x"], a["dt"], a["A"], a["B"], a["C"], a["D"], a["z"], None, None, None, None,
+              None, None, True, 3, False, "triton")
+    torch.library.opcheck(torch.ops.mmhnet.bi_scan.default, sample,
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_aot_dispatch_dynamic"))
+
+
+def test_reverse_inputs_aliasing_forward():
+    check_reverse_inputs_aliasing_forward("triton", TRITON_DEVICE)
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")

@@ -98,12 +98,13 @@ def _route_boundaries_bwd(dp: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                          f"{tuple(stats.shape)} {stats.dtype} on {stats.device}")
     dq, dk = backend_module(backend).boundaries_backward(
         dp.contiguous(), q, k, cu, stats if stats.numel() else None)
-    return dq.to(q.dtype), dk.to(k.dtype)
+    return dq.to(q.dtype).contiguous(), dk.to(k.dtype).contiguous()
 
 
 @_route_boundaries_bwd.register_fake
 def _(dp, q, k, cu_seqlens, stats, backend):
-    return torch.empty_like(q), torch.empty_like(k)
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            torch.empty_like(k, memory_format=torch.contiguous_format))
 
 
 def _route_setup(ctx, inputs, output):
@@ -304,13 +305,14 @@ def _chunk_scatter_bwd(dz: torch.Tensor, z_chunks: torch.Tensor, chunk_id: torch
         grads = (impl.segment_sum(dz, chunk_id, z_chunks.shape[0], None),
                  None if p is None else impl.confidence_grad(dz, z_chunks, chunk_id, mask))
     dz_chunks, dp = grads
-    dz_chunks = dz_chunks.to(z_chunks.dtype)
-    return dz_chunks, dz.new_empty(0) if p is None else dp.to(p.dtype)
+    dz_chunks = dz_chunks.to(z_chunks.dtype).contiguous()
+    return dz_chunks, dz.new_empty(0) if p is None else dp.to(p.dtype).contiguous()
 
 
 @_chunk_scatter_bwd.register_fake
 def _(dz, z_chunks, chunk_id, p, mask, backend):
-    return torch.empty_like(z_chunks), (dz.new_empty(0) if p is None else torch.empty_like(p))
+    return (torch.empty_like(z_chunks, memory_format=torch.contiguous_format),
+            dz.new_empty(0) if p is None else torch.empty_like(p, memory_format=torch.contiguous_format))
 
 
 def _scatter_setup(ctx, inputs, output):

@@ -47,6 +47,15 @@ def forward(a):
                     a.dt_softplus, a.quasi, CHUNK_SIZE)
 
 
+def _reverse_grad(grad, given):
+    """The gradient of a reverse-direction input. None where the caller gave none; zero where
+    it gave the forward tensor itself (dt_rev=dt): the kernels then share it and return both
+    directions' gradient in the forward slot, and autograd adds the two slots."""
+    if given is None:
+        return None
+    return torch.zeros_like(given) if grad is None else grad
+
+
 def backward(dy, a):
     _check_dtypes(a)
     fwd, rev = _directions(a)
@@ -57,9 +66,9 @@ def backward(dy, a):
     dA = main.dA
     if a.directions == BOTH:
         r = g.rev
-        ddt_rev = r.ddt if a.dt_rev is not None else None
-        dB_rev = r.dB if a.B_rev is not None else None
-        dC_rev = r.dC if a.C_rev is not None else None
+        ddt_rev = _reverse_grad(r.ddt, a.dt_rev)
+        dB_rev = _reverse_grad(r.dB, a.B_rev)
+        dC_rev = _reverse_grad(r.dC, a.C_rev)
         if a.A_rev is None:
             dA = dA + r.dA
         else:

@@ -141,14 +141,14 @@ def _bi_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
                     dt_softplus, directions, quasi)
     check_cu_seqlens_values(cu_seqlens, x.shape[1])
     if x.shape[1] == 0 or x.numel() == 0:
-        return torch.zeros_like(x)
+        return torch.zeros_like(x, memory_format=torch.contiguous_format)
     return _impl(backend).forward(args)
 
 
 @_bi_scan.register_fake
 def _(x, dt, A, B, C, D, z, dt_bias, dt_rev, A_rev, B_rev, C_rev, cu_seqlens, dt_softplus,
       directions, quasi, backend):
-    return torch.empty_like(x)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)  # as every kernel returns
 
 
 @torch.library.custom_op("mmhnet::bi_scan_bwd", mutates_args=())
