@@ -116,3 +116,24 @@ def test_compile_chunk_gather():
     args = (a["q"], a["k"], a["x"], a["cu"])
     compiled = torch.compile(route_gather_and_back, fullgraph=True, backend="aot_eager")
     assert torch.equal(compiled(*args), route_gather_and_back(*args))
+
+
+def test_compile_round_trip_with_gradients():
+    """boundaries -> gather -> EMA (whose size check meets the unbacked chunk count) ->
+    scatter with confidence, one graph, forward and gradients equal to eager."""
+    a = _inputs("cpu")
+
+    def round_trip(q, k, x, cu):
+        p, mask, xc, chunk_cu, chunk_id, pc = ops.route_and_gather(q, k, x, cu)
+        e = ops.ema_smooth(xc, pc, chunk_cu, True)
+        return ops.chunk_scatter(e, chunk_id, p=p, mask=mask), ops.ratio_loss(mask, p, 4.0)
+
+    compiled = torch.compile(round_trip, fullgraph=True, backend="aot_eager")
+    results = []
+    for fn in (round_trip, compiled):
+        leaves = [_grad(a[n]) for n in ("q", "k", "x")]
+        y, loss = fn(*leaves, a["cu"])
+        grads = torch.autograd.grad((y * torch.arange(y.numel()).view_as(y)).sum() + loss, leaves)
+        results.append((y, loss, *grads))
+    for e, c in zip(*results):
+        assert torch.equal(e, c)

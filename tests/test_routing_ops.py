@@ -545,3 +545,60 @@ def test_cpu_boundaries_backward_without_saved_stats(backend):
     for bad in (stats[:-1], stats.double(), stats[:, :2]):
         with pytest.raises(ValueError, match="stats must be empty or route_boundaries'"):
             torch.ops.mmhnet.route_boundaries_bwd(dp, q, k, cu, bad, backend)
+
+
+def _strided(t):
+    """The same values as a non-contiguous view (every other element of a buffer whose other
+    elements are junk), as a slice of a larger tensor gives."""
+    junk = torch.full_like(t, 7) if t.dtype != torch.bool else ~t
+    return torch.stack([t, junk], dim=1)[:, 0]
+
+
+@pytest.mark.parametrize("backend", backend_params("chunk_gather"))
+def test_strided_1d_arguments(backend):
+    """Offsets, masks, chunk ids, p and indices given as strided views give the results of
+    contiguous ones, forward and backward (the kernels take them by address)."""
+    dev = backend_device(backend)
+    dtype = torch.float64 if backend in ("reference", "cpu") else torch.float32
+    q, k, x, cu = (t.to(dtype) if t.is_floating_point() else t
+                   for t in make_packed([4, 1, 6, 3], 5, "random", dev))
+    p, mask = ref.route_boundaries_reference(q, k, cu)
+    p = p.to(dtype)
+    xc, chunk_cu, chunk_id = ref.chunk_gather_reference(x, mask, cu)
+    pc = p[mask].clamp(0.1, 0.9)
+    index = torch.randint(0, x.shape[0], (9,), device=dev, dtype=torch.int32)
+
+    def run(cu, mask, p, chunk_id, chunk_cu, pc, index):
+        leaves = [_leaf(t) for t in (q, k, x, xc, p, pc)]
+        lq, lk, lx, lz, lp, lpc = leaves
+        outs = [*route_boundaries(lq, lk, cu, backend=backend)[:1],
+                *route_and_gather(lq, lk, lx, cu, backend=backend)[:3:2],
+                chunk_gather(lx, mask, cu, p=lp, backend=backend)[0],
+                chunk_scatter(lz, chunk_id, p=lp, mask=mask, backend=backend),
+                token_gather(lx, index, backend=backend),
+                token_scatter(lz[:9] if lz.shape[0] >= 9 else lx[:9], index, 20, backend=backend)]
+        if backend != "cuda":
+            outs += [ema_smooth(lz, lpc, chunk_cu, True, backend=backend),
+                     ratio_loss(mask, lp, 3.0, backend=backend)]
+        loss = sum((o * torch.linspace(-1, 1, o.numel(), device=dev,
+                                       dtype=o.dtype).view_as(o)).sum() for o in outs)
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        return outs + [g for g in grads if g is not None]
+
+    plain = (cu, mask, p, chunk_id, chunk_cu, pc, index)
+    strided = tuple(_strided(t) for t in plain)
+    assert not any(t.is_contiguous() for t in strided)
+    for a, b in zip(run(*plain), run(*strided)):
+        assert torch.equal(a, b)
+
+
+def test_custom_op_refuses_q_and_k_of_different_dtypes():
+    """The kernels read k with q's element type: the op itself refuses a mismatch, also when
+    called directly through torch.ops."""
+    q, k = torch.randn(6, 4), torch.randn(6, 4, dtype=torch.float64)
+    with pytest.raises(TypeError, match="k must have the dtype of q"):
+        torch.ops.mmhnet.route_boundaries(q, k, None, "cpu")
+    with pytest.raises(TypeError, match="k must have the dtype of q"):
+        torch.ops.mmhnet.route_and_gather(q, k, q, None, "cpu")
+    with pytest.raises(TypeError, match="k must have the dtype of q"):
+        torch.ops.mmhnet.route_boundaries_bwd(torch.rand(6), q, k, None, q.new_empty(0), "cpu")

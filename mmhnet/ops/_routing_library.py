@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._checks import IndexOutOfRangeError, check_cu_seqlens_values
+from ._checks import IndexOutOfRangeError, check_cu_seqlens_values, check_same_dtype
 from .reference import compute_dtype
 
 
@@ -20,10 +20,16 @@ def backend_module(backend):
 
 
 def _offsets(cu_seqlens, total, device):
-    """int32 offsets; None -> one sequence [0, total]."""
+    """Contiguous int32 offsets; None -> one sequence [0, total]."""
     if cu_seqlens is None:
         return torch.tensor([0, total], dtype=torch.int32, device=device)
-    return cu_seqlens.to(torch.int32)
+    return cu_seqlens.to(torch.int32).contiguous()
+
+
+def _dense(*tensors):
+    """The ops' 1-D arguments (masks, ids, indices, p) contiguous: the kernels take them by
+    address, without strides."""
+    return tuple(None if t is None else t.contiguous() for t in tensors)
 
 
 def _check_indices(name, index, size, what):
@@ -74,6 +80,7 @@ def _fake_stats(q, backend):
 def _route_boundaries(q: torch.Tensor, k: torch.Tensor, cu_seqlens: Optional[torch.Tensor],
                       backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     total = q.shape[0]
+    check_same_dtype("k", k, "q", q)
     check_cu_seqlens_values(cu_seqlens, total)
     p, mask, stats = backend_module(backend).boundaries(q, k, _offsets(cu_seqlens, total,
                                                                        q.device))
@@ -90,6 +97,7 @@ def _(q, k, cu_seqlens, backend):
 def _route_boundaries_bwd(dp: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                           cu_seqlens: Optional[torch.Tensor], stats: torch.Tensor, backend: str
                           ) -> Tuple[torch.Tensor, torch.Tensor]:
+    check_same_dtype("k", k, "q", q)
     cu = _offsets(cu_seqlens, q.shape[0], q.device)
     if stats.numel() and (stats.shape != (q.shape[0], 3) or stats.dtype != compute_dtype(q)
                           or stats.device != q.device):
@@ -165,6 +173,7 @@ def _chunk_gather(x: torch.Tensor, mask: torch.Tensor, cu_seqlens: Optional[torc
                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     impl = backend_module(backend)
     total = x.shape[0]
+    mask, p = _dense(mask, p)
     cu = _offsets(cu_seqlens, total, x.device)
     # clamped, so that a bad cu_seqlens is reported by the check below instead of read out of
     # bounds by a kernel
@@ -194,7 +203,7 @@ def _(x, mask, cu_seqlens, p, backend):
 def _chunk_expand(src: torch.Tensor, chunk_id: torch.Tensor, mask: Optional[torch.Tensor],
                   backend: str) -> torch.Tensor:
     """out[t] = src[chunk_id[t]] where mask[t] (or everywhere when mask is None), else 0."""
-    return backend_module(backend).expand_rows(src.contiguous(), chunk_id, mask)
+    return backend_module(backend).expand_rows(src.contiguous(), *_dense(chunk_id, mask))
 
 
 @_chunk_expand.register_fake
@@ -230,6 +239,7 @@ def _route_and_gather(q: torch.Tensor, k: torch.Tensor, x: torch.Tensor,
                                  torch.Tensor, torch.Tensor, torch.Tensor]:
     impl = backend_module(backend)
     total = q.shape[0]
+    check_same_dtype("k", k, "q", q)
     check_cu_seqlens_values(cu_seqlens, total)
     cu = _offsets(cu_seqlens, total, q.device)
     fused = getattr(impl, "route_index", None)
@@ -282,6 +292,7 @@ torch.library.register_autograd("mmhnet::route_and_gather", _route_gather_backwa
 @torch.library.custom_op("mmhnet::chunk_scatter", mutates_args=())
 def _chunk_scatter(z_chunks: torch.Tensor, chunk_id: torch.Tensor, p: Optional[torch.Tensor],
                    mask: Optional[torch.Tensor], backend: str) -> torch.Tensor:
+    (chunk_id,) = _dense(chunk_id)
     if chunk_id.device.type == "cpu":
         check_chunk_id_values(chunk_id, z_chunks.shape[0])
     # the straight-through factor is exactly 1 in the forward pass
@@ -299,6 +310,7 @@ def _chunk_scatter_bwd(dz: torch.Tensor, z_chunks: torch.Tensor, chunk_id: torch
                        ) -> Tuple[torch.Tensor, torch.Tensor]:
     impl = backend_module(backend)
     dz = dz.contiguous()
+    chunk_id, p, mask = _dense(chunk_id, p, mask)
     fused = getattr(impl, "scatter_backward", None)
     grads = fused(dz, z_chunks, chunk_id, mask) if fused else None
     if grads is None:
@@ -397,7 +409,7 @@ def _scatter_add(impl, y, index, num_rows):
 @torch.library.custom_op("mmhnet::token_gather", mutates_args=())
 def _token_gather(x: torch.Tensor, index: torch.Tensor, backend: str) -> torch.Tensor:
     _check_indices("index", index, x.shape[0], "token_gather reads rows x[index]")
-    return backend_module(backend).gather_rows(x.contiguous(), index)
+    return backend_module(backend).gather_rows(x.contiguous(), *_dense(index))
 
 
 @_token_gather.register_fake
@@ -453,7 +465,7 @@ torch.library.register_autograd("mmhnet::token_scatter", _token_scatter_backward
 def _ratio_loss(mask: torch.Tensor, p: torch.Tensor, target_ratio: float,
                 backend: str) -> torch.Tensor:
     n = target_ratio
-    f, g = backend_module(backend).mask_p_means(mask, p).unbind()
+    f, g = backend_module(backend).mask_p_means(*_dense(mask, p)).unbind()
     return n / (n - 1) * ((n - 1) * f * g + (1 - f) * (1 - g))
 
 

@@ -44,7 +44,8 @@ def expand_rows(src, chunk_id, mask):
 
 
 def segment_sum(src, seg_id, num_segments, order):
-    _check(grad=src)
+    # token_scatter's y, or the gradient that chunk_scatter's or token_gather's backward sums
+    _check(**{"the rows to sum": src})
     return K.segment_sum(_c(src), _c(seg_id), num_segments, order, dense=order is None)
 
 
