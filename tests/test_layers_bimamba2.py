@@ -127,32 +127,43 @@ def test_shape_and_every_parameter_gets_a_finite_gradient(name):
         assert p.grad.abs().sum() > 0, f"{name}: {pname} got an all-zero gradient"
 
 
-@pytest.mark.parametrize("name", ["default", "quasiseparable", "per_direction_conv", "hydra"])
-def test_packed_and_padded_batches_match_sequences_run_alone(name):
-    m = build(**{**CONFIGS[name], "d_conv": 4})
+# float64: every step of a float64 layer must stay in float64 (dt, A, D, the dt limit), so the
+# layouts agree to rounding; float32 checks the default layer
+LAYOUT_TOL = {torch.float32: (1e-5, 1e-4), torch.float64: (1e-12, 1e-12)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["default", "quasiseparable", "per_direction_conv", "hydra",
+                                  "vim_style_sum", "d_ssm_mlp_dt_limit"])
+def test_packed_and_padded_batches_match_sequences_run_alone(name, dtype):
+    m = build(**{**CONFIGS[name], "d_conv": 4}, dtype=dtype)
+    tol = LAYOUT_TOL[dtype][0]
     lengths = [7, 1, 12, 2, 5]
-    seqs = [torch.randn(1, n, 16) for n in lengths]
+    seqs = [torch.randn(1, n, 16, dtype=dtype) for n in lengths]
     alone = torch.cat([m(s) for s in seqs], dim=1)
 
     packed = m(torch.cat(seqs, dim=1), cu_seqlens=random_cu_seqlens(lengths))
-    assert_close_rel(packed, alone, 1e-5, f"{name}: packed")
+    assert_close_rel(packed, alone, tol, f"{name}: packed")
 
     Lmax = max(lengths)
-    padded = torch.zeros(len(lengths), Lmax, 16)
+    padded = torch.zeros(len(lengths), Lmax, 16, dtype=dtype)
     mask = torch.zeros(len(lengths), Lmax, dtype=torch.bool)
     for i, s in enumerate(seqs):
         padded[i, :s.shape[1]] = s[0] + 0
         mask[i, :s.shape[1]] = True
-    padded[~mask] = torch.randn(int((~mask).sum()), 16)  # padding content must not matter
+    padded[~mask] = torch.randn(int((~mask).sum()), 16, dtype=dtype)  # padding must not matter
     out = m(padded, mask=mask)
-    assert_close_rel(out[mask][None], alone, 1e-5, f"{name}: padded")
+    assert_close_rel(out[mask][None], alone, tol, f"{name}: padded")
     assert (out[~mask] == 0).all()
 
 
-def test_gradients_of_packed_match_sequences_run_alone():
-    m = build(mode="quasiseparable")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["quasiseparable", "vim_style_sum", "d_ssm_mlp_dt_limit"])
+def test_gradients_of_packed_match_sequences_run_alone(name, dtype):
+    m = build(**CONFIGS[name], dtype=dtype)
+    tol_x, tol_p = LAYOUT_TOL[dtype]
     lengths = [5, 9, 3]
-    x = torch.randn(1, sum(lengths), 16, requires_grad=True)
+    x = torch.randn(1, sum(lengths), 16, dtype=dtype, requires_grad=True)
     dy = torch.randn_like(x)
     (m(x, cu_seqlens=random_cu_seqlens(lengths)) * dy).sum().backward()
     g_packed = [p.grad.clone() for p in m.parameters()]
@@ -161,9 +172,9 @@ def test_gradients_of_packed_match_sequences_run_alone():
     x.grad = None
     parts = torch.split(x, lengths, dim=1)
     sum((m(p) * d).sum() for p, d in zip(parts, torch.split(dy, lengths, dim=1))).backward()
-    assert_close_rel(dx_packed, x.grad, 1e-5, "dx")
-    for gp, p in zip(g_packed, m.parameters()):
-        assert_close_rel(gp, p.grad, 1e-4, "parameter gradient")
+    assert_close_rel(dx_packed, x.grad, tol_x, "dx")
+    for (pname, p), gp in zip(m.named_parameters(), g_packed):
+        assert_close_rel(gp, p.grad, tol_p, f"gradient of {pname}")
 
 
 def test_hydra_settings_compute_hydras_mixer():

@@ -89,22 +89,33 @@ def test_hnet_shapes_and_every_parameter_gets_a_finite_gradient():
         assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
 
 
-def test_hnet_packed_and_padded_match_sequences_run_alone():
-    net = build_hnet(["m1", ["m1"], "m1"], [16, 24])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hnet_packed_and_padded_match_sequences_run_alone(dtype):
+    net = build_hnet(["m1", ["m1"], "m1"], [16, 24], dtype=dtype)
+    torch.nn.init.normal_(net.residual_proj.weight, std=0.3)  # not the zero initialisation
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
     lengths = [11, 1, 6, 17]
-    seqs = [torch.randn(1, n, 16) for n in lengths]
+    seqs = [torch.randn(1, n, 16, dtype=dtype) for n in lengths]
     alone = [net(s) for s in seqs]
     packed = net(torch.cat(seqs, 1), cu_seqlens=random_cu_seqlens(lengths))
-    assert_close_rel(packed.hidden_states, torch.cat([a.hidden_states for a in alone], 1), 1e-5,
+    assert_close_rel(packed.hidden_states, torch.cat([a.hidden_states for a in alone], 1), tol,
                      "packed")
-    padded = torch.randn(len(lengths), max(lengths), 16)
+    padded = torch.randn(len(lengths), max(lengths), 16, dtype=dtype)
     mask = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
     for i, s in enumerate(seqs):
         padded[i, :s.shape[1]] = s[0]
     out = net(padded, mask=mask)
-    assert_close_rel(out.hidden_states[mask][None], packed.hidden_states, 1e-5, "padded")
+    assert_close_rel(out.hidden_states[mask][None], packed.hidden_states, tol, "padded")
     assert (out.hidden_states[~mask] == 0).all()
     assert torch.equal(out.routings[0].mask, packed.routings[0].mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_hnet_converted_with_to_runs_in_the_new_dtype(dtype):
+    """module.to(dtype) also converts residual_proj (built float32): the forward follows it."""
+    net = build_hnet(["m1", ["m1"], "m1"], [16, 24]).to(dtype)
+    out = net(torch.randn(2, 9, 16, dtype=dtype))
+    assert out.hidden_states.dtype == dtype and torch.isfinite(out.hidden_states).all()
 
 
 def test_innermost_only_layout_is_an_isotropic_stack():

@@ -45,6 +45,7 @@ from mmhnet.ops import bi_selective_scan, selective_scan
 
 from mmhnet.ops import BACKENDS
 from mmhnet.ops._checks import check_choice
+from mmhnet.ops.reference import compute_dtype
 
 from ._checks import check_mask_contiguous, check_param_dtype, check_positive_int, check_tokens
 from .conv import DepthwiseConv1d
@@ -151,14 +152,16 @@ class BiMamba2(nn.Module):
         self.dt_bias = _no_weight_decay(nn.Parameter(_init_dt_bias(*dt_args)))
         self.A_log = _no_weight_decay(nn.Parameter(_init_A_log(self.nheads, A_init_range, device, dtype)))
         d_size = self.d_ssm if D_has_hdim else self.nheads
-        self.D = _no_weight_decay(nn.Parameter(torch.ones(d_size, device=device)))
+        d_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # as Mamba2: not 16-bit
+        self.D = _no_weight_decay(nn.Parameter(torch.ones(d_size, device=device, dtype=d_dtype)))
         if "dt_bias" in rev:
             self.dt_bias_rev = _no_weight_decay(nn.Parameter(_init_dt_bias(*dt_args)))
         if "A" in rev:
             self.A_log_rev = _no_weight_decay(
                 nn.Parameter(_init_A_log(self.nheads, A_init_range, device, dtype)))
         if conv_per_direction:
-            self.D_rev = _no_weight_decay(nn.Parameter(torch.ones(d_size, device=device)))
+            self.D_rev = _no_weight_decay(nn.Parameter(torch.ones(d_size, device=device,
+                                                                   dtype=d_dtype)))
         if D_from_input:
             self.fc_D = nn.Linear(self.d_ssm, self.nheads, bias=False, **factory)
         if rmsnorm:
@@ -218,7 +221,8 @@ class BiMamba2(nn.Module):
             return dict(dt=dt, dt_rev=dt_rev, dt_bias=self.dt_bias, dt_softplus=True)
 
         def effective(raw, b):
-            out = F.softplus(raw.float() + b.float())
+            cd = compute_dtype(raw)  # float32, or float64 for a float64 layer
+            out = F.softplus(raw.to(cd) + b.to(cd))
             return out if self.dt_limit == _NO_DT_LIMIT else out.clamp(*self.dt_limit)
 
         dt_f = effective(dt, self.dt_bias)
@@ -249,8 +253,9 @@ class BiMamba2(nn.Module):
         dt_rev = None
         if "dt" in self.reverse_params:
             dt, dt_rev = dt[..., :self.nheads], dt[..., self.nheads:]
-        A = -torch.exp(self.A_log.float())
-        A_rev = -torch.exp(self.A_log_rev.float()) if "A" in self.reverse_params else None
+        A = -torch.exp(self.A_log.to(compute_dtype(self.A_log)))
+        A_rev = (-torch.exp(self.A_log_rev.to(compute_dtype(self.A_log_rev)))
+                 if "A" in self.reverse_params else None)
         gate_in_scan = not self.rmsnorm and not self.D_from_input
         zs = self._heads(z) if gate_in_scan else None
         common = dict(cu_seqlens=cu_seqlens, backend=self.backend, **self._effective_dt(dt, dt_rev))

@@ -17,7 +17,7 @@ next stage's layout, or [main] for the innermost stage; each string lists blocks
 ``d_model`` lists the width of each stage, outermost first, and may only grow inwards. As in
 H-Net, a stage wider than its caller appends a learned vector (``pad_dimension``) to each
 incoming token and hands back only the caller's channels, so the outer channels pass through
-unprojected; ``residual_proj`` starts at zero (kept in float32), so at initialisation the
+unprojected; ``residual_proj`` starts at zero (float32, or float64 in a float64 network), so at initialisation the
 dechunked path alone feeds the decoder.
 
 The result is ``HNetOutput(hidden_states, ratio_loss, routings)``: ratio_loss is the sum over
@@ -109,8 +109,10 @@ class HNet(nn.Module):
                                         **factory)
         self.main_network = HNet(arch_layout[1], dims[1:], inters[1:], ratios[1:], options[1:],
                                  bidirectional_ema, backend, d_input=self.d_model, **factory)
+        # float32 for 16-bit stages (as H-Net), float64 for float64 ones
         self.residual_proj = nn.Linear(self.d_model, self.d_model, device=device,
-                                       dtype=torch.float32)
+                                       dtype=torch.float64 if dtype == torch.float64
+                                       else torch.float32)
         nn.init.zeros_(self.residual_proj.weight)
         self.decoder = Isotropic(self.d_model, arch_layout[2], options[0], inters[0], **factory)
 
@@ -126,10 +128,11 @@ class HNet(nn.Module):
             loss, routings = h.new_zeros((), dtype=torch.float32), []
         else:
             h = self.encoder(h, cu_seqlens=cu)
-            residual = self.residual_proj(h.float())
+            rdt = self.residual_proj.weight.dtype  # whatever module.to() made it
+            residual = self.residual_proj(h.to(rdt))
             chunks, routing = self.chunking(h, cu_seqlens=cu)
             inner = self.main_network(chunks, cu_seqlens=routing.chunk_cu_seqlens)
-            h = (self.chunking.dechunk(inner.hidden_states, routing).float() + residual).to(h.dtype)
+            h = (self.chunking.dechunk(inner.hidden_states, routing).to(rdt) + residual).to(h.dtype)
             h = self.decoder(h, cu_seqlens=cu)
             loss = self.chunking.ratio_loss(routing) + inner.ratio_loss
             routings = [routing] + inner.routings
