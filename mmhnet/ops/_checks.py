@@ -71,8 +71,8 @@ def check_token_count(name, count, what):
     hold any number of elements: offsets into them are 64-bit)."""
     if torch.compiler.is_compiling():
         # a size known only at run time (chunk_gather's chunk count) is checked then, not
-        # guarded on; the message may not read it
-        torch._check(count <= MAX_TOKENS, lambda: f"{name} has more {what} than {MAX_TOKENS}")
+        # guarded on (dynamo takes no message closure here)
+        torch._check(count <= MAX_TOKENS)
     elif count > MAX_TOKENS:
         raise ValueError(f"{name} has {count} {what}; offsets and ids are int32, so at most "
                          f"{MAX_TOKENS}")
