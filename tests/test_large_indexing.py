@@ -203,14 +203,34 @@ def test_too_many_tokens_is_a_value_error():
         bi_selective_scan(x, dt, -torch.ones(1), x, x, cu_seqlens=torch.tensor([0, n]))
 
 
-@pytest.mark.parametrize("bad", [[0, (1 << 32) + 3, 5], [0, 2, (1 << 32) + 5]])
-def test_int64_offsets_do_not_wrap_into_valid_ones(bad):
-    """Cast to int32 these would read [0, 3, 5] and [0, 2, 5]: valid. They must be rejected."""
+@pytest.mark.parametrize("bad,message", [
+    ([0, (1 << 32) + 3, 5], r"cu_seqlens\[2\] = 5 < cu_seqlens\[1\] = 4294967299"),
+    ([0, 2, (1 << 32) + 5], "must end at the total length 5, got 4294967301"),
+])
+def test_int64_offsets_do_not_wrap_into_valid_ones(bad, message):
+    """Cast to int32 these would read [0, 3, 5] and [0, 2, 5]: valid. They must be rejected,
+    and the message must show the values as given."""
     cu = torch.tensor(bad, dtype=torch.int64)
     q = torch.randn(5, 4)
-    with pytest.raises(ValueError, match="cu_seqlens must"):
+    with pytest.raises(ValueError, match=message):
         route_boundaries(q, q, cu)
     x = torch.randn(1, 5, 2, 4)
     B = torch.randn(1, 5, 1, 4)
-    with pytest.raises(ValueError, match="cu_seqlens must"):
+    with pytest.raises(ValueError, match=message):
         bi_selective_scan(x, torch.rand(1, 5, 2), -torch.ones(2), B, B, cu_seqlens=cu)
+    # while tracing they are clamped instead of read: still rejected by the op's own check
+    traced = torch.compile(route_boundaries, fullgraph=False, backend="aot_eager")
+    with pytest.raises(Exception, match="cu_seqlens must"):
+        traced(q, q, cu)
+
+
+def test_int64_offsets_are_converted_once():
+    """One packed batch passes the same int64 offsets to every layer: the int32 copy (and its
+    validation) is made once."""
+    from mmhnet.ops._checks import offsets_int32
+
+    cu = torch.tensor([0, 2, 5])
+    first = offsets_int32(cu, 5)
+    assert first.dtype == torch.int32 and offsets_int32(cu, 5) is first
+    cu[1] = 3  # modified in place: converted and validated again
+    assert offsets_int32(cu, 5).tolist() == [0, 3, 5]

@@ -78,12 +78,6 @@ def check_token_count(name, count, what):
                          f"{MAX_TOKENS}")
 
 
-def offsets_int32(cu_seqlens, total):
-    """cu_seqlens as int32. int64 offsets are clamped to [-1, total + 1] first, so that an
-    invalid value cannot wrap into a valid one (the value check still rejects it)."""
-    if cu_seqlens is None or cu_seqlens.dtype == torch.int32:
-        return cu_seqlens
-    return cu_seqlens.clamp(-1, total + 1).to(torch.int32)
 
 
 def check_cu_seqlens_meta(cu_seqlens, batch, name="cu_seqlens"):
@@ -162,6 +156,30 @@ def check_number(name, value, low=None, finite=True):
     if low is not None and not value > low:
         raise ValueError(f"{name} must be > {low}, got {value}")
     return value
+
+
+# int64 offsets already converted: (weak reference, version counter, total, int32 copy), so that
+# every layer of a model gets the same validated int32 tensor.
+_CONVERTED = collections.deque(maxlen=8)
+
+
+def offsets_int32(cu_seqlens, total, name="cu_seqlens"):
+    """cu_seqlens as int32. int64 offsets are validated as given (one host sync, the first time a
+    tensor is seen), then converted once; while tracing (torch.compile) or on the meta device
+    they are clamped to [-1, total + 1] instead, so that an invalid value cannot wrap into a
+    valid one (the ops' own value check then rejects it)."""
+    if cu_seqlens is None or cu_seqlens.dtype == torch.int32:
+        return cu_seqlens
+    if torch.compiler.is_compiling() or cu_seqlens.device.type == "meta":
+        return cu_seqlens.clamp(-1, total + 1).to(torch.int32)
+    for ref, version, tot, converted in _CONVERTED:
+        if ref() is cu_seqlens and version == cu_seqlens._version and tot == total:
+            return converted
+    check_cu_seqlens_values(cu_seqlens, total, name)
+    converted = cu_seqlens.to(torch.int32)
+    remember_validated(converted, ("cu_seqlens", total))
+    _CONVERTED.append((weakref.ref(cu_seqlens), cu_seqlens._version, total, converted))
+    return converted
 
 
 def check_choice(name, value, choices):

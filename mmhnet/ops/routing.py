@@ -168,7 +168,7 @@ def ema_smooth(z_chunks, p_chunks, chunk_cu_seqlens=None, bidirectional=False, *
     check_cu_seqlens_meta(chunk_cu_seqlens, 1, name="chunk_cu_seqlens")
     be = _backend(backend, z_chunks.device, "ema_smooth")
     rate = p_chunks.to(compute_dtype(z_chunks)).clamp(EMA_P_MIN, 1 - EMA_P_MIN)
-    chunk_cu = offsets_int32(chunk_cu_seqlens, z_chunks.shape[0])
+    chunk_cu = offsets_int32(chunk_cu_seqlens, z_chunks.shape[0], "chunk_cu_seqlens")
     return torch.ops.mmhnet.ema_smooth(z_chunks, rate, chunk_cu,
                                        check_flag("bidirectional", bidirectional), be)
 
