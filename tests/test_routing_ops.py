@@ -602,3 +602,29 @@ def test_custom_op_refuses_q_and_k_of_different_dtypes():
         torch.ops.mmhnet.route_and_gather(q, k, q, None, "cpu")
     with pytest.raises(TypeError, match="k must have the dtype of q"):
         torch.ops.mmhnet.route_boundaries_bwd(torch.rand(6), q, k, None, q.new_empty(0), "cpu")
+
+
+@pytest.mark.parametrize("backend", backend_params("chunk_gather"))
+def test_inference_mode_with_offsets(backend):
+    """Under torch.inference_mode (whose tensors have no version counter, so their validation
+    is not cached) every op gives its no_grad values, offsets made inside or outside."""
+    dev = backend_device(backend)
+    q, k, x, cu = (t.float() if t.is_floating_point() else t
+                   for t in make_packed([4, 1, 6], 5, "random", dev))
+
+    def run(cu):
+        p, mask, xc, chunk_cu, chunk_id, pc = route_and_gather(q, k, x, cu, backend=backend)
+        outs = [p, xc, route_boundaries(q, k, cu, backend=backend)[0],
+                chunk_gather(x, mask, cu, backend=backend)[0],
+                chunk_scatter(xc, chunk_id, p=p, mask=mask, backend=backend)]
+        if backend != "cuda":
+            outs.append(ema_smooth(xc, pc, chunk_cu.long(), True, backend=backend))
+        return outs
+
+    with torch.no_grad():
+        expected = run(cu)
+    with torch.inference_mode():
+        inside = cu.clone()
+        for got in (run(cu), run(inside), run(inside.long())):
+            for a, b in zip(got, expected):
+                assert torch.equal(a, b)

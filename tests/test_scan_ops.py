@@ -168,3 +168,17 @@ def test_cu_seqlens_validated_again_after_modification():
     cu[1] = 10  # in place: the version counter changes, the cached validation must not apply
     with pytest.raises(ValueError, match="must not decrease"):
         ops.bi_selective_scan(**a, cu_seqlens=cu, backend="reference")
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_inference_mode_with_offsets(backend):
+    """Offsets made under torch.inference_mode have no version counter (their validation is not
+    cached): the scans still run and give the no_grad values."""
+    a = make_scan_inputs(1, 9, 4, 3, 2, 5, D="h")
+    cu = torch.tensor([0, 4, 9], dtype=torch.int32)
+    with torch.no_grad():
+        expected = ops.bi_selective_scan(**a, cu_seqlens=cu, backend=backend)
+    with torch.inference_mode():
+        for offsets in (cu, cu.clone(), cu.long()):
+            got = ops.bi_selective_scan(**a, cu_seqlens=offsets, backend=backend)
+            assert torch.equal(got, expected)

@@ -99,13 +99,15 @@ _VALIDATED = collections.deque(maxlen=8)
 
 
 def already_validated(t, key):
-    """True when ``t``, unmodified since, passed the check ``key`` (any hashable)."""
-    return any(ref() is t and version == t._version and k == key
-               for ref, version, k in _VALIDATED)
+    """True when ``t``, unmodified since, passed the check ``key`` (any hashable). Tensors made
+    under torch.inference_mode have no version counter: they are checked at every use."""
+    return not t.is_inference() and any(ref() is t and version == t._version and k == key
+                                         for ref, version, k in _VALIDATED)
 
 
 def remember_validated(t, key):
-    _VALIDATED.append((weakref.ref(t), t._version, key))
+    if not t.is_inference():
+        _VALIDATED.append((weakref.ref(t), t._version, key))
 
 
 def check_cu_seqlens_values(cu_seqlens, total, name="cu_seqlens"):
@@ -172,13 +174,15 @@ def offsets_int32(cu_seqlens, total, name="cu_seqlens"):
         return cu_seqlens
     if torch.compiler.is_compiling() or cu_seqlens.device.type == "meta":
         return cu_seqlens.clamp(-1, total + 1).to(torch.int32)
-    for ref, version, tot, converted in _CONVERTED:
+    cached = not cu_seqlens.is_inference()  # inference tensors have no version counter
+    for ref, version, tot, converted in (_CONVERTED if cached else ()):
         if ref() is cu_seqlens and version == cu_seqlens._version and tot == total:
             return converted
     check_cu_seqlens_values(cu_seqlens, total, name)
     converted = cu_seqlens.to(torch.int32)
     remember_validated(converted, ("cu_seqlens", total))
-    _CONVERTED.append((weakref.ref(cu_seqlens), cu_seqlens._version, total, converted))
+    if cached:
+        _CONVERTED.append((weakref.ref(cu_seqlens), cu_seqlens._version, total, converted))
     return converted
 
 
