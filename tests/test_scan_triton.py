@@ -142,3 +142,25 @@ def test_edge_dims(dims):
     args = make_scan_inputs(1, 20, h, p, g, n, dtype=torch.float64, D="h", z=True)
     check_scan_against_reference("bi_selective_scan", args, backend="triton", dtype=torch.float32,
                                  device=TRITON_DEVICE, mode="quasiseparable")
+
+
+@pytest.mark.parametrize("dims,match", [
+    ((1, 256, 1, 256), "padded product"),  # 256 x 256 needs more shared memory than sm_90 has
+    ((1, 8, 1, 257), "up to 256"),
+    ((65536, 1, 1, 1), "at most 65535 heads"),  # CUDA's limit on a grid axis
+])
+def test_limits_are_clear_errors(dims, match):
+    h, p, g, n = dims
+    args = make_scan_inputs(1, 3, h, p, g, n, device=TRITON_DEVICE)
+    args.pop("dt_softplus")
+    with pytest.raises(ValueError, match=match):
+        import mmhnet.ops as ops
+        ops.bi_selective_scan(**args, backend="triton")
+
+
+def test_largest_tiles_below_the_limit_run():
+    """headdim 128 with dstate 256 (and the transpose) is the largest tile served."""
+    for p, n in ((128, 256), (256, 128)):
+        args = make_scan_inputs(1, 5, 1, p, 1, n, dtype=torch.float64)
+        check_scan_against_reference("selective_scan", {k: v for k, v in args.items()},
+                                     backend="triton", dtype=torch.float32, device=TRITON_DEVICE)

@@ -41,18 +41,19 @@ def load_dt(dt_base, stride_l, i, valid, bias, HAS_BIAS: tl.constexpr, SOFTPLUS:
 
 @triton.jit
 def chunk_coords(L_row, H, heads_per_group, nchunks, Q: tl.constexpr):
-    """Where the program of grid (chunk, batch*head) works: batch b (int64), head h, group g,
+    """Where the program of grid (chunk, head, batch) works: batch b (int64), head h, group g,
     first row row0 (int64), first/last token start/end, in-chunk index i (Q,), token pos (Q,),
-    pos < L_row, and the (batch*head, chunk) index into the per-chunk buffers (int64)."""
+    pos < L_row, and the (batch*head, chunk) index into the per-chunk buffers (int64).
+    (Heads and batch on grid axes 1 and 2, each limited to 65535 on a GPU; chunks on axis 0.)"""
     pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    h = pid_bh % H
+    h = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
     start = pid_c * Q
     i = tl.arange(0, Q)
     pos = start + i
-    return ((pid_bh // H).to(tl.int64), h, h // heads_per_group, start.to(tl.int64), start,
+    return (b, h, h // heads_per_group, start.to(tl.int64), start,
             tl.minimum(start + Q, L_row) - 1, i, pos, pos < L_row,
-            pid_bh.to(tl.int64) * nchunks + pid_c)
+            (b * H + h) * nchunks + pid_c)
 
 
 @triton.jit

@@ -28,6 +28,10 @@ from .state_passing import state_passing_kernel
 
 CHUNK_SIZE = 64
 MAX_DIM = 256  # headdim and dstate: one program holds a (headdim, dstate) fp32 state tile
+# ... and the tile's padded area: at 256 x 256 chunk_state and chunk_scan_bwd need 256-264 KiB of
+# shared memory on sm_90 (227 KiB is the most a block may have); 128 x 256 fits
+MAX_TILE = 128 * 256
+MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2 (heads, batch)
 
 
 class Direction(NamedTuple):
@@ -80,12 +84,18 @@ class _Problem:
         d = fwd if fwd is not None else rev
         self.batch, self.L, self.H, self.P = x.shape
         self.G, self.N = d.B.shape[2], d.B.shape[3]
-        if self.P > MAX_DIM or self.N > MAX_DIM:
-            raise ValueError(f"backend 'triton' supports headdim and dstate up to {MAX_DIM}; got "
-                             f"headdim {self.P}, dstate {self.N} (use backend='reference')")
+        if (self.P > MAX_DIM or self.N > MAX_DIM
+                or _block(self.P) * _block(self.N) > MAX_TILE):
+            raise ValueError(f"backend 'triton' supports headdim and dstate up to {MAX_DIM} with "
+                             f"their padded product (powers of two) up to {MAX_TILE} (e.g. 128 x "
+                             f"256); got headdim {self.P}, dstate {self.N} (use backend='cuda' "
+                             f"or 'reference')")
+        if self.H > MAX_GRID_YZ or self.batch > MAX_GRID_YZ:
+            raise ValueError(f"backend 'triton' takes at most {MAX_GRID_YZ} heads and batch "
+                             f"rows; got nheads {self.H}, batch {self.batch}")
         self.Q = chunk_size
         self.nchunks = triton.cdiv(self.L, self.Q)
-        self.grid = (self.nchunks, self.batch * self.H)
+        self.grid = (self.nchunks, self.H, self.batch)
         self.has_f, self.has_r = fwd is not None, rev is not None
         both = self.has_f and self.has_r
         self.share_dt = both and rev.dt is fwd.dt

@@ -15,8 +15,10 @@ DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloa
 
 def _call(name, device, *args):
     if device.type == "cuda":
-        stream = torch.cuda.current_stream(device).cuda_stream
-        return getattr(native_module("_C_cuda"), name)(*args, stream)
+        # the tensors' device current: the kernels and their scratch allocations run there
+        with torch.cuda.device(device):
+            stream = torch.cuda.current_stream(device).cuda_stream
+            return getattr(native_module("_C_cuda"), name)(*args, stream)
     return getattr(native_module("_C"), name)(*args)
 
 
