@@ -8,7 +8,15 @@ compiling.
 
 import torch
 
-from mmhnet.ops._checks import already_validated, remember_validated
+from mmhnet.ops import BACKENDS
+from mmhnet.ops._checks import already_validated, check_choice, remember_validated
+
+
+def check_backend(backend):
+    """None (mmhnet's default for the device) or a backend name, checked when a layer is built
+    rather than at its first forward."""
+    if backend is not None:
+        check_choice("backend", backend, BACKENDS)
 
 
 def check_positive_int(name, value):

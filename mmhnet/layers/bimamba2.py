@@ -42,12 +42,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmhnet.ops import bi_selective_scan, selective_scan
-
-from mmhnet.ops import BACKENDS
-from mmhnet.ops._checks import check_choice
 from mmhnet.ops.reference import compute_dtype
 
-from ._checks import check_mask_contiguous, check_param_dtype, check_positive_int, check_tokens
+from ._checks import (check_backend, check_mask_contiguous, check_param_dtype, check_positive_int,
+                      check_tokens)
 from .conv import DepthwiseConv1d
 from .norms import RMSNormGated, gated_rms_norm_linear
 
@@ -174,8 +172,7 @@ class BiMamba2(nn.Module):
                       D_from_input, dt_min, dt_max, backend):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
-        if backend is not None:
-            check_choice("backend", backend, BACKENDS)
+        check_backend(backend)
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"dt_min and dt_max must satisfy 0 < dt_min <= dt_max; got "
                              f"dt_min={dt_min}, dt_max={dt_max}")

@@ -27,10 +27,10 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from mmhnet.ops import BACKENDS, chunk_scatter, ema_smooth, ratio_loss, route_and_gather
-from mmhnet.ops._checks import check_choice, check_flag, check_number
+from mmhnet.ops import chunk_scatter, ema_smooth, ratio_loss, route_and_gather
+from mmhnet.ops._checks import check_flag, check_number
 
-from ._checks import check_positive_int, check_tokens
+from ._checks import check_backend, check_positive_int, check_tokens
 from ._packing import Packing, pack
 
 __all__ = ["DynamicChunking", "Routing"]
@@ -69,8 +69,7 @@ class DynamicChunking(nn.Module):
         check_positive_int("d_model", d_model)
         check_number("target_ratio", target_ratio, low=1)  # mean tokens per chunk
         bidirectional = check_flag("bidirectional", bidirectional)
-        if backend is not None:
-            check_choice("backend", backend, BACKENDS)
+        check_backend(backend)
         self.d_model, self.target_ratio, self.bidirectional = d_model, target_ratio, bidirectional
         self.backend = backend
         self.q_proj = nn.Linear(d_model, d_model, bias=False, device=device, dtype=dtype)

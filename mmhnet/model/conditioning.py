@@ -82,7 +82,8 @@ def _check_per_clip(name, t, batch, floating):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a {kind} torch.Tensor of shape ({batch},), got "
                         f"{type(t).__name__}")
-    if (t.dtype.is_floating_point if floating else t.dtype == torch.bool) is False:
+    right_kind = t.dtype.is_floating_point if floating else t.dtype == torch.bool
+    if not right_kind:
         raise TypeError(f"{name} must be a {kind} tensor, got {t.dtype}")
     if tuple(t.shape) != (batch,):
         raise ValueError(f"{name} must have shape ({batch},), one value per clip, got "

@@ -78,8 +78,6 @@ def check_token_count(name, count, what):
                          f"{MAX_TOKENS}")
 
 
-
-
 def check_cu_seqlens_meta(cu_seqlens, batch, name="cu_seqlens"):
     """Metadata checks of packed offsets: 1-D integer tensor, batch == 1."""
     if cu_seqlens is None:

@@ -292,7 +292,7 @@ torch.library.register_autograd("mmhnet::route_and_gather", _route_gather_backwa
 @torch.library.custom_op("mmhnet::chunk_scatter", mutates_args=())
 def _chunk_scatter(z_chunks: torch.Tensor, chunk_id: torch.Tensor, p: Optional[torch.Tensor],
                    mask: Optional[torch.Tensor], backend: str) -> torch.Tensor:
-    (chunk_id,) = _dense(chunk_id)
+    chunk_id = chunk_id.contiguous()
     if chunk_id.device.type == "cpu":
         check_chunk_id_values(chunk_id, z_chunks.shape[0])
     # the straight-through factor is exactly 1 in the forward pass
