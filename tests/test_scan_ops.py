@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import mmhnet.ops as ops
-from helpers import TOL, TRITON_DEVICE, assert_close_rel, make_scan_inputs, random_cu_seqlens
+from helpers import (HAS_CUDA, TOL, TRITON_DEVICE, assert_close_rel, make_scan_inputs,
+                     random_cu_seqlens)
 from mmhnet.ops import BackendUnavailableError
 from mmhnet.ops import reference as R
 
@@ -182,3 +183,33 @@ def test_inference_mode_with_offsets(backend):
         for offsets in (cu, cu.clone(), cu.long()):
             got = ops.bi_selective_scan(**a, cu_seqlens=offsets, backend=backend)
             assert torch.equal(got, expected)
+
+
+ONE_TOKEN_CASES = [(b, d, t) for b, d in [("reference", "cpu"), ("cpu", "cpu"), ("triton", TRITON_DEVICE)]
+                   + ([("cuda", "cuda")] if HAS_CUDA else [])
+                   for t in [torch.float32, torch.float64] if not (b == "triton" and t == torch.float64)]
+
+
+@pytest.mark.parametrize("backend,device,dtype", ONE_TOKEN_CASES,
+                         ids=[f"{b}-{str(t)[6:]}" for b, _, t in ONE_TOKEN_CASES])
+@pytest.mark.parametrize("lengths", [1, [1, 1, 1]], ids=["len1", "packed_len1"])
+def test_one_token_sequences_give_exact_zero_dA(backend, device, dtype, lengths):
+    """No decay reaches a state when every sequence has one token, so dA is 0 exactly: the
+    telescoped sums the fast backwards use must not leave their rounding there (a relative
+    error against an exact 0 is unbounded)."""
+    packed = isinstance(lengths, list)
+    L = sum(lengths) if packed else lengths
+    cu = random_cu_seqlens(lengths, device) if packed else None
+    calls = [("bi_selective_scan", dict(mode="sum")), ("bi_selective_scan", dict(mode="quasiseparable")),
+             ("selective_scan", dict(reverse=False)), ("selective_scan", dict(reverse=True))]
+    for op, kw in calls:
+        a = make_scan_inputs(1 if packed else 2, L, 4, 6, 2, 8, dtype=dtype, device=device, D="h",
+                             z=True, dt_bias=True, rev=("A",) if op == "bi_selective_scan" else ())
+        for t in a.values():
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                t.requires_grad_(True)
+        y = getattr(ops, op)(**a, **kw, cu_seqlens=cu, backend=backend)
+        y.backward(torch.randn_like(y))
+        for name in ("A", "A_rev"):
+            if name in a:
+                assert torch.equal(a[name].grad, torch.zeros_like(a[name])), (op, kw, name, a[name].grad)

@@ -11,12 +11,14 @@
 // before it), which is 0 wherever h_{k-1} is. Its terms are not small, so their rounding errors
 // accumulate along the sequence, and dA and dt_bias sum g(log a) over every token: summed
 // plainly, their relative error would grow with the sequence length (~1e-2 at 65536 steps in
-// float32). So every kAnchorSteps steps the sum restarts from the inner product itself (an
-// "anchor"), taken from the states the two passes hold at a block boundary there.
+// float32). So every kAnchorSteps steps the sum is made exact from the inner product itself (an
+// "anchor"), taken from the states the two passes hold at a block boundary there, and the drift
+// between anchors is taken off linearly (log_decay_sweep.h).
 #include <stdexcept>
 
 #include "cpu_scan.h"
 #include "cpu_vec_math.h"
+#include "log_decay_sweep.h"
 
 namespace mmhnet {
 namespace cpu {
@@ -294,24 +296,28 @@ void backward_direction(const ScanParams& P, const Unit& u, bool reverse, bool f
         }
     }
 
-    // g(log a_k) = sum_{k' >= k} dlog_k', restarted at each anchor; log a_k = dt'_k A.
+    // g(log a_k) = sum_{k' >= k} dlog_k' (log a_k = dt'_k A), then ddt and dA.
     for (int64_t hl = 0; hl < nh; ++hl) {
         const int64_t head = u.h0 + hl;
         const HeadParams<T> hp(P, u.b, head, reverse);
         const GradTargets<T> out(P, u, head, reverse, !first);
         const double* dt_eff = ws.schedule.dt_eff(reverse, hl);
-        double glog = 0.0, dA = 0.0;
-        for (int64_t k = n - 1; k >= 0; --k) {
-            const int64_t i = order.index(k), t = u.begin + i;
-            glog += ws.dlog[hl * n + k];
+        const double* dlog = ws.dlog.data() + hl * n;
+        const double* anchor_glog = ws.anchor_glog.data() + hl * anchors.count;
+        double dA = 0.0;
+        const auto at_anchor = [&](int64_t k, double& value) {
             const int64_t a = anchors.at(k);
-            if (a >= 0) glog = ws.anchor_glog[hl * anchors.count + a];
+            if (a >= 0) value = anchor_glog[a];
+            return a >= 0;
+        };
+        sweep_log_decay(n, [&](int64_t k) { return dlog[k]; }, at_anchor, [&](int64_t k, double glog) {
+            const int64_t i = order.index(k), t = u.begin + i;
             dA += dt_eff[i] * glog;
             const double grad_eff = P.dt_softplus ? softplus_grad(double(hp.dt.at(t)) + hp.dt_bias) : 1.0;
             const double gdt = (hp.A * glog + ws.xgu[hl * n + k]) * grad_eff;
             T& dst = out.ddt.at(t);
             dst = out.acc_ddt ? T(dst + gdt) : T(gdt);
-        }
+        });
         *out.dA = out.acc_dA ? T(*out.dA + dA) : T(dA);
     }
 }

@@ -3,11 +3,12 @@
 //   2. dD partial sums per (row, head), threads over headdim, summing tokens in order (double);
 //   3. per direction, in order: F_n -> dC, R_n -> dB, R_p -> dx (rank-1 scans), the second
 //      direction adding into the gradients it shares with the first;
-//   4. a sweep per task turns g(log a) = reverse cumsum of (C.dC - B.dB), restarted at the
-//      anchors, into ddt and dA (in double);
+//   4. a sweep per task turns g(log a) = reverse cumsum of (C.dC - B.dB), made exact at the
+//      anchors and the first step (log_decay_sweep.h), into ddt and dA (in double);
 //   5. (half storage) dx, accumulated in float, is cast to the storage dtype.
 #include "cuda/scan_common.cuh"
 #include "cuda/scan_kernels.h"
+#include "log_decay_sweep.h"
 
 namespace mmhnet {
 namespace scan_cuda {
@@ -60,8 +61,8 @@ __global__ void dD_kernel(const ScanParams P) {
 }
 
 // One thread per task: per direction, g(log a_k) = sum_{k' >= k} dlog_k' in processing order,
-// restarted at each anchor from the value the R_n pass computed there, then ddt (through
-// softplus) and the dA partial sum.
+// made exact at each anchor from the value the R_n pass computed there (sweep_log_decay), then
+// ddt (through softplus) and the dA partial sum.
 template <typename C>
 __global__ void sweep_kernel(const ScanParams P, int ndirs) {
     const int64_t task_id = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
@@ -78,12 +79,16 @@ __global__ void sweep_kernel(const ScanParams P, int ndirs) {
         const C A = at1<C>(*dir.A, h);
         const bool own_dt = reverse && P.dt_rev.present(), own_A = reverse && P.A_rev.present();
         const ScanTensor& ddt = own_dt ? P.ddt_rev : P.ddt;
-        double glog = 0.0, dA = 0.0;
-        for (int64_t k = task.len - 1; k >= 0; --k) {
-            const int64_t t = task.token(k), idx = d * plane + (b * P.seqlen + t) * P.nheads + h;
-            glog += dlog[idx];
+        double dA = 0.0;
+        const auto index = [&](int64_t k) { return d * plane + (b * P.seqlen + task.token(k)) * P.nheads + h; };
+        const auto at_anchor = [&](int64_t k, double& value) {
             const int64_t slot = P.dstate > 0 ? task.anchor_slot(P, k) : -1;  // none without a state
-            if (slot >= 0) glog = anchor_glog[(d * P.anchor_slots() + slot) * P.nheads + h];
+            if (slot >= 0) value = anchor_glog[(d * P.anchor_slots() + slot) * P.nheads + h];
+            return slot >= 0;
+        };
+        sweep_log_decay(task.len, [&](int64_t k) { return double(dlog[index(k)]); }, at_anchor,
+                        [&](int64_t k, double glog) {
+            const int64_t t = task.token(k), idx = index(k);
             const C raw = dt_raw<C>(P, *dir.dt, b, t, h);
             const C eff = P.dt_softplus ? softplus(raw) : raw;
             dA += eff * glog;
@@ -91,7 +96,7 @@ __global__ void sweep_kernel(const ScanParams P, int ndirs) {
             const C gdt = (A * C(glog) + xgu[idx]) * grad_eff;
             C* dst = at3<C>(ddt, b, t, h);
             *dst = d == 1 && !own_dt ? *dst + gdt : gdt;
-        }
+        });
         const ScanTensor& part = own_A ? P.dA_rev_part : P.dA_part;
         C* dst = static_cast<C*>(part.ptr) + task.row * part.stride[0] + h * part.stride[1];
         *dst = d == 1 && !own_A ? *dst + C(dA) : C(dA);

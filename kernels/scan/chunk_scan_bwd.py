@@ -12,12 +12,16 @@ where S_in is the state entering the chunk (recomputed forward pass) and Adj the
 entering it (adjoint pass). The log-decay gradient comes from the identity
     dL_k = C_k . dC_k - B_k . dB_k        (forward: L inclusive, d lam_u = sum_{k>=u} dL_k)
     dM_k = B_k . dB_k - C_k . dC_k        (reverse: M exclusive, d lam_u = sum_{k>u} dM_k)
-where the sums run over u's sequence. Since L and M enter only through differences, dL (dM)
-sums to zero over a sequence, so d lam_u = -sum_{k<u} dL_k (= -sum_{k<=u} dM_k): the part
-inside the chunk, plus, for a sequence entering from the left, the part before the chunk, which
-is minus the derivative with respect to the decay at the chunk's first boundary, an inner
-product <adjoint, state> there. Both of its factors are made of tiles this program already
-holds (the incoming states and the inter-chunk terms of dC or dB), so no chunk reads another's.
+where the sums run over u's sequence. dL sums to zero over a sequence (L and M enter only
+through differences), so for the forward d lam_u = -sum_{k<u} dL_k. In both directions d lam_u
+is then minus the sum of e_k = C_k . dC_k - B_k . dB_k over the tokens the direction reaches
+before u (k < u forward, k > u reverse): empty, so exactly 0, at the direction's first token of
+a sequence, as the state before it is. That sum is the part inside the chunk plus, for a
+sequence entering the chunk on the direction's side (left for the forward, right for the
+reverse), the part outside: the derivative with respect to the scale of the
+incoming state, T = sum_t C_t . dC_in_t + <adjoint, state> through the chunk. Both are made of
+tiles this program already holds (the incoming state and the inter-chunk terms of dC), so no
+chunk reads another's.
 """
 
 import triton
@@ -71,15 +75,17 @@ def _direction_grads(x, dy, CB, DYX, dtp, lam, A, Bm, Cm, S_in, Adj_in, seq, seq
     dB = dtp[:, None] * mm(tl.trans(WD), Cm, MM_DTYPE, PREC) + dB_in
     e -= tl.sum(Bm * dB, 1)
     _store_or_add(dB_ptrs, dB, io_n, ADD_B)
-    # d lam_u: the sums of e over the sequence, written with the part before the chunk (the
-    # boundary term T, from this chunk's own tiles) because e sums to zero over a sequence
+    # d lam_u: the sum of e over the tokens the direction reaches before u, written with the
+    # part outside the chunk on its entering side (the boundary term T, from this chunk's own
+    # tiles) because e sums to zero over a sequence. So d lam is exactly 0 at the direction's
+    # first token of a sequence (a one-token sequence gets dA = 0), as the state before it is.
+    T = tl.sum(tl.sum(Cm * dC_in, 1), 0) + through
     if IS_REV:
-        T = tl.sum(tl.sum(Bm * dB_in, 1), 0) + through
-        dlam = tl.sum(tl.where((s <= t) & same, e[None, :], 0.0), 1)
+        dlam = -tl.sum(tl.where((s > t) & same, e[None, :], 0.0), 1)
+        dlam += tl.where(seq == seq_next, T, 0.0)
     else:
-        T = tl.sum(tl.sum(Cm * dC_in, 1), 0) + through
         dlam = -tl.sum(tl.where((s < t) & same, e[None, :], 0.0), 1)
-    dlam += tl.where(seq == seq_prev, T, 0.0)
+        dlam += tl.where(seq == seq_prev, T, 0.0)
     dA = tl.sum(dtp * dlam, 0)
     ddtp = ddt_in + A * dlam
     return dx, ddtp, dA
