@@ -310,7 +310,7 @@ void backward_direction(const ScanParams& P, const Unit& u, bool reverse, bool f
             if (a >= 0) value = anchor_glog[a];
             return a >= 0;
         };
-        sweep_log_decay(n, [&](int64_t k) { return dlog[k]; }, at_anchor, [&](int64_t k, double glog) {
+        sweep_log_decay(n, P.quasi, [&](int64_t k) { return dlog[k]; }, at_anchor, [&](int64_t k, double glog) {
             const int64_t i = order.index(k), t = u.begin + i;
             dA += dt_eff[i] * glog;
             const double grad_eff = P.dt_softplus ? softplus_grad(double(hp.dt.at(t)) + hp.dt_bias) : 1.0;

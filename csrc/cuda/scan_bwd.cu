@@ -86,7 +86,7 @@ __global__ void sweep_kernel(const ScanParams P, int ndirs) {
             if (slot >= 0) value = anchor_glog[(d * P.anchor_slots() + slot) * P.nheads + h];
             return slot >= 0;
         };
-        sweep_log_decay(task.len, [&](int64_t k) { return double(dlog[index(k)]); }, at_anchor,
+        sweep_log_decay(task.len, P.quasi, [&](int64_t k) { return double(dlog[index(k)]); }, at_anchor,
                         [&](int64_t k, double glog) {
             const int64_t t = task.token(k), idx = index(k);
             const C raw = dt_raw<C>(P, *dir.dt, b, t, h);
