@@ -3,13 +3,12 @@
 //     g_k = g(log a_k) = sum_{k' >= k} dlog_k',   dlog_k = C_k.dC_k - B_k.dB_k.
 // g is known exactly at k = n (0: no later step), at each anchor (an inner product of states),
 // at k = 0 (0: the state before the first step is zero) and, in quasiseparable mode, at k = n-1
-// (0: the last state feeds no output). Between two such points, hi above
-// and lo below, the running sum taken down from hi drifts by the rounding errors of its terms;
-// the drift it shows at lo is taken off in proportion to the terms summed, its expected share
-// at each step for independent errors. g is then exact at both ends of every stretch: a
-// sequence of one step gets g = 0 and dA = 0 exactly. (Against plain restarts at the anchors,
-// this halves the float32 error of dA and dt_bias on random inputs: median and 99th
-// percentile over 1,500 one-head cases; docs/DESIGN.md, "Precision".)
+// (0: the last state feeds no output). Between two such points, hi above and lo below, the
+// running sum taken down from hi drifts by the rounding errors of its terms; the drift it shows
+// at lo is taken off in proportion to the terms summed, its expected share at each step for
+// independent errors. g is then exact at both ends of every stretch: a sequence of one step
+// gets g = 0 and dA = 0 exactly. Against plain restarts at the anchors this halves the float32
+// error of dA and dt_bias on random inputs (benchmarks/RESULTS.md, "Scan gradient precision").
 #pragma once
 
 #include <cstdint>

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import mmhnet.ops as ops
-from helpers import (HAS_CUDA, TOL, TRITON_DEVICE, assert_close_rel, make_scan_inputs,
-                     random_cu_seqlens)
+from helpers import (HAS_CUDA, TOL, TRITON_DEVICE, assert_close_rel, clone_inputs,
+                     make_scan_inputs, random_cu_seqlens)
 from mmhnet.ops import BackendUnavailableError
 from mmhnet.ops import reference as R
 
@@ -185,13 +185,14 @@ def test_inference_mode_with_offsets(backend):
             assert torch.equal(got, expected)
 
 
-ONE_TOKEN_CASES = [(b, d, t) for b, d in [("reference", "cpu"), ("cpu", "cpu"), ("triton", TRITON_DEVICE)]
-                   + ([("cuda", "cuda")] if HAS_CUDA else [])
-                   for t in [torch.float32, torch.float64] if not (b == "triton" and t == torch.float64)]
+ONE_TOKEN_BACKENDS = [("reference", "cpu"), ("cpu", "cpu"), ("triton", TRITON_DEVICE)] + (
+    [("cuda", "cuda")] if HAS_CUDA else [])
+ONE_TOKEN_CASES = [(b, d, t) for b, d in ONE_TOKEN_BACKENDS for t in [torch.float32, torch.float64]
+                   if not (b == "triton" and t == torch.float64)]
+CASE_IDS = [f"{b}-{str(t)[6:]}" for b, _, t in ONE_TOKEN_CASES]
 
 
-@pytest.mark.parametrize("backend,device,dtype", ONE_TOKEN_CASES,
-                         ids=[f"{b}-{str(t)[6:]}" for b, _, t in ONE_TOKEN_CASES])
+@pytest.mark.parametrize("backend,device,dtype", ONE_TOKEN_CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("lengths", [1, [1, 1, 1]], ids=["len1", "packed_len1"])
 def test_one_token_sequences_give_exact_zero_dA(backend, device, dtype, lengths):
     """No decay reaches a state when every sequence has one token, so dA is 0 exactly: the
@@ -200,36 +201,32 @@ def test_one_token_sequences_give_exact_zero_dA(backend, device, dtype, lengths)
     packed = isinstance(lengths, list)
     L = sum(lengths) if packed else lengths
     cu = random_cu_seqlens(lengths, device) if packed else None
-    calls = [("bi_selective_scan", dict(mode="sum")), ("bi_selective_scan", dict(mode="quasiseparable")),
+    calls = [("bi_selective_scan", dict(mode="sum")),
+             ("bi_selective_scan", dict(mode="quasiseparable")),
              ("selective_scan", dict(reverse=False)), ("selective_scan", dict(reverse=True))]
     for op, kw in calls:
-        a = make_scan_inputs(1 if packed else 2, L, 4, 6, 2, 8, dtype=dtype, device=device, D="h",
-                             z=True, dt_bias=True, rev=("A",) if op == "bi_selective_scan" else ())
-        for t in a.values():
-            if isinstance(t, torch.Tensor) and t.is_floating_point():
-                t.requires_grad_(True)
+        rev = ("A",) if op == "bi_selective_scan" else ()
+        a = clone_inputs(make_scan_inputs(1 if packed else 2, L, 4, 6, 2, 8, dtype=dtype,
+                                          device=device, D="h", z=True, dt_bias=True, rev=rev))
         y = getattr(ops, op)(**a, **kw, cu_seqlens=cu, backend=backend)
         y.backward(torch.randn_like(y))
         for name in ("A", "A_rev"):
             if name in a:
-                assert torch.equal(a[name].grad, torch.zeros_like(a[name])), (op, kw, name, a[name].grad)
+                assert torch.equal(a[name].grad, torch.zeros_like(a[name])), (op, kw, name)
 
 
 QUASI_EXACT_CASES = [c for c in ONE_TOKEN_CASES if c[0] != "triton"]
 
 
 @pytest.mark.parametrize("backend,device,dtype", QUASI_EXACT_CASES,
-                         ids=[f"{b}-{str(t)[6:]}" for b, _, t in QUASI_EXACT_CASES])
+                         ids=[i for c, i in zip(ONE_TOKEN_CASES, CASE_IDS) if c[0] != "triton"])
 def test_quasiseparable_two_token_sequences_give_exact_zero_dA(backend, device, dtype):
     """In quasiseparable mode the last state of a sequence feeds no output, so with sequences of
     at most two tokens no decay reaches an output either: dA = 0 exactly. (The native backwards
     know the last step's log-decay gradient is 0; the Triton one does not, and leaves ~1e-8.)"""
     cu = random_cu_seqlens([2, 1, 2, 2], device)
-    a = make_scan_inputs(1, 7, 4, 6, 2, 8, dtype=dtype, device=device, D="hp", z=True, dt_bias=True,
-                         rev=("A",))
-    for t in a.values():
-        if isinstance(t, torch.Tensor):
-            t.requires_grad_(True)
+    a = clone_inputs(make_scan_inputs(1, 7, 4, 6, 2, 8, dtype=dtype, device=device, D="hp",
+                                      z=True, dt_bias=True, rev=("A",)))
     y = ops.bi_selective_scan(**a, mode="quasiseparable", cu_seqlens=cu, backend=backend)
     y.backward(torch.randn_like(y))
     assert torch.equal(a["A"].grad, torch.zeros_like(a["A"])), a["A"].grad

@@ -18,10 +18,10 @@ is then minus the sum of e_k = C_k . dC_k - B_k . dB_k over the tokens the direc
 before u (k < u forward, k > u reverse): empty, so exactly 0, at the direction's first token of
 a sequence, as the state before it is. That sum is the part inside the chunk plus, for a
 sequence entering the chunk on the direction's side (left for the forward, right for the
-reverse), the part outside: the derivative with respect to the scale of the
-incoming state, T = sum_t C_t . dC_in_t + <adjoint, state> through the chunk. Both are made of
-tiles this program already holds (the incoming state and the inter-chunk terms of dC), so no
-chunk reads another's.
+reverse), the part outside: the derivative with respect to the scale of the incoming state,
+T = sum_t C_t . dC_in_t + <adjoint, state> through the chunk. Both are made of tiles this
+program already holds (the incoming state and the inter-chunk terms of dC), so no chunk reads
+another's.
 """
 
 import triton
