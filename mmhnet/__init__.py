@@ -9,25 +9,6 @@ __version__ = "0.1.0"
 
 from . import layers, ops  # noqa: E402
 from .layers import BiMamba2, DynamicChunking, HNet  # noqa: E402
-from .ops import (BackendUnavailableError, bi_selective_scan, chunk_gather,  # noqa: E402
-                  chunk_scatter, ema_smooth, ratio_loss, route_and_gather, route_boundaries,
-                  selective_scan, token_gather, token_scatter)
+from .ops import *  # noqa: E402,F401,F403  (all of ops.__all__)
 
-__all__ = [
-    "ops",
-    "layers",
-    "selective_scan",
-    "bi_selective_scan",
-    "route_boundaries",
-    "chunk_gather",
-    "route_and_gather",
-    "chunk_scatter",
-    "ema_smooth",
-    "token_gather",
-    "token_scatter",
-    "ratio_loss",
-    "BackendUnavailableError",
-    "BiMamba2",
-    "DynamicChunking",
-    "HNet",
-]
+__all__ = ["ops", "layers", *ops.__all__, "BiMamba2", "DynamicChunking", "HNet"]
