@@ -90,22 +90,38 @@ def check_cu_seqlens_meta(cu_seqlens, batch, name="cu_seqlens"):
         raise ValueError(f"{name} packs sequences along the length, so batch must be 1; got batch {batch}")
 
 
-# Tensors whose values passed a check: (weak reference, version counter, what was checked). One
-# packed batch passes the same cu_seqlens (or mask) to every layer of a model; only its first
-# use pays the host sync.
-_VALIDATED = collections.deque(maxlen=8)
+class _TensorMemo:
+    """What was found about a tensor while it stays unmodified: the last ``size`` entries of
+    (weak reference, version counter, key, value). Tensors made under torch.inference_mode have
+    no version counter: they are never remembered, so they are checked at every use."""
+
+    def __init__(self, size=8):
+        self._entries = collections.deque(maxlen=size)
+
+    def get(self, t, key):
+        if not t.is_inference():
+            for ref, version, k, value in self._entries:
+                if ref() is t and version == t._version and k == key:
+                    return value
+        return None
+
+    def put(self, t, key, value):
+        if not t.is_inference():
+            self._entries.append((weakref.ref(t), t._version, key, value))
+
+
+# Tensors whose values passed a check. One packed batch passes the same cu_seqlens (or mask) to
+# every layer of a model; only its first use pays the host sync.
+_VALIDATED = _TensorMemo()
 
 
 def already_validated(t, key):
-    """True when ``t``, unmodified since, passed the check ``key`` (any hashable). Tensors made
-    under torch.inference_mode have no version counter: they are checked at every use."""
-    return not t.is_inference() and any(ref() is t and version == t._version and k == key
-                                         for ref, version, k in _VALIDATED)
+    """True when ``t``, unmodified since, passed the check ``key`` (any hashable)."""
+    return _VALIDATED.get(t, key) is not None
 
 
 def remember_validated(t, key):
-    if not t.is_inference():
-        _VALIDATED.append((weakref.ref(t), t._version, key))
+    _VALIDATED.put(t, key, True)
 
 
 def check_cu_seqlens_values(cu_seqlens, total, name="cu_seqlens"):
@@ -158,9 +174,9 @@ def check_number(name, value, low=None, finite=True):
     return value
 
 
-# int64 offsets already converted: (weak reference, version counter, total, int32 copy), so that
-# every layer of a model gets the same validated int32 tensor.
-_CONVERTED = collections.deque(maxlen=8)
+# int64 offsets already converted, with their int32 copy, so that every layer of a model gets
+# the same validated int32 tensor.
+_CONVERTED = _TensorMemo()
 
 
 def offsets_int32(cu_seqlens, total, name="cu_seqlens"):
@@ -172,15 +188,12 @@ def offsets_int32(cu_seqlens, total, name="cu_seqlens"):
         return cu_seqlens
     if torch.compiler.is_compiling() or cu_seqlens.device.type == "meta":
         return cu_seqlens.clamp(-1, total + 1).to(torch.int32)
-    cached = not cu_seqlens.is_inference()  # inference tensors have no version counter
-    for ref, version, tot, converted in (_CONVERTED if cached else ()):
-        if ref() is cu_seqlens and version == cu_seqlens._version and tot == total:
-            return converted
-    check_cu_seqlens_values(cu_seqlens, total, name)
-    converted = cu_seqlens.to(torch.int32)
-    remember_validated(converted, ("cu_seqlens", total))
-    if cached:
-        _CONVERTED.append((weakref.ref(cu_seqlens), cu_seqlens._version, total, converted))
+    converted = _CONVERTED.get(cu_seqlens, total)
+    if converted is None:
+        check_cu_seqlens_values(cu_seqlens, total, name)
+        converted = cu_seqlens.to(torch.int32)
+        remember_validated(converted, ("cu_seqlens", total))
+        _CONVERTED.put(cu_seqlens, total, converted)
     return converted
 
 
