@@ -150,7 +150,7 @@ class BiMamba2(nn.Module):
         self.dt_bias = _no_weight_decay(nn.Parameter(_init_dt_bias(*dt_args)))
         self.A_log = _no_weight_decay(nn.Parameter(_init_A_log(self.nheads, A_init_range, device, dtype)))
         d_size = self.d_ssm if D_has_hdim else self.nheads
-        d_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # as Mamba2: not 16-bit
+        d_dtype = compute_dtype(dtype)  # as Mamba2: not 16-bit
         self.D = _no_weight_decay(nn.Parameter(torch.ones(d_size, device=device, dtype=d_dtype)))
         if "dt_bias" in rev:
             self.dt_bias_rev = _no_weight_decay(nn.Parameter(_init_dt_bias(*dt_args)))

@@ -30,6 +30,8 @@ from typing import List, NamedTuple
 import torch
 import torch.nn as nn
 
+from mmhnet.ops.reference import compute_dtype
+
 from ._checks import check_tokens
 from ._packing import pack
 from .blocks import Isotropic, parse_layout
@@ -111,8 +113,7 @@ class HNet(nn.Module):
                                  bidirectional_ema, backend, d_input=self.d_model, **factory)
         # float32 for 16-bit stages (as H-Net), float64 for float64 ones
         self.residual_proj = nn.Linear(self.d_model, self.d_model, device=device,
-                                       dtype=torch.float64 if dtype == torch.float64
-                                       else torch.float32)
+                                       dtype=compute_dtype(dtype))
         nn.init.zeros_(self.residual_proj.weight)
         self.decoder = Isotropic(self.d_model, arch_layout[2], options[0], inters[0], **factory)
 

@@ -27,7 +27,10 @@ __all__ = [
 
 
 def compute_dtype(x):
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+    """float64 for float64, else float32 (state and parameter arithmetic); x a tensor, or a
+    dtype (None: torch's default, float32 here)."""
+    dtype = x.dtype if isinstance(x, torch.Tensor) else x
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def effective_dt(dt, dt_bias, dt_softplus, dtype):
