@@ -224,13 +224,29 @@ def test_int64_offsets_do_not_wrap_into_valid_ones(bad, message):
         traced(q, q, cu)
 
 
-def test_int64_offsets_are_converted_once():
-    """One packed batch passes the same int64 offsets to every layer: the int32 copy (and its
-    validation) is made once."""
+def test_tensor_memo_remembers_device_tensors_until_modified():
+    """One packed batch passes the same offsets to every layer: on an accelerator their check
+    (a host sync) and int64 -> int32 conversion are remembered while the tensor is unmodified.
+    The meta device stands in for the accelerator."""
+    from mmhnet.ops._checks import _TensorMemo
+
+    memo, t = _TensorMemo(), torch.zeros(3, device="meta")
+    memo.put(t, "key", "found")
+    assert memo.get(t, "key") == "found" and memo.get(t, "other key") is None
+    assert memo.get(torch.zeros(3, device="meta"), "key") is None
+    t.add_(1)  # in place: the version counter moves, the memo no longer applies
+    assert memo.get(t, "key") is None
+
+
+def test_cpu_offsets_are_never_remembered():
+    """CPU tensors are checked and converted at every use: memory shared with numpy changes
+    without moving the version counter."""
     from mmhnet.ops._checks import offsets_int32
 
     cu = torch.tensor([0, 2, 5])
-    first = offsets_int32(cu, 5)
-    assert first.dtype == torch.int32 and offsets_int32(cu, 5) is first
-    cu[1] = 3  # modified in place: converted and validated again
+    assert offsets_int32(cu, 5).dtype == torch.int32
+    cu.numpy()[1] = 3
     assert offsets_int32(cu, 5).tolist() == [0, 3, 5]
+    cu.numpy()[1] = 9
+    with pytest.raises(ValueError, match="must not decrease"):
+        offsets_int32(cu, 5)

@@ -73,6 +73,26 @@ def test_inconsistent_cu_seqlens(backend, cu, match):
         ema_smooth(q, torch.full((6,), 0.5, device=dev), cu.to(dev), backend=backend)
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("backend", backend_params("chunk_gather"))
+def test_offsets_changed_through_numpy_are_read_again(backend, dtype):
+    """CPU offsets shared with numpy change without moving torch's version counter: each call
+    must see their current values, valid (new sequence starts) or not (refused)."""
+    if backend_device(backend) != "cpu":
+        pytest.skip("numpy shares memory with CPU tensors only")
+    q, k = torch.randn(6, 4), torch.randn(6, 4)
+    cu = torch.tensor([0, 3, 6], dtype=dtype)
+    route_boundaries(q, k, cu, backend=backend)
+    cu.numpy()[1] = 2
+    p, mask = route_boundaries(q, k, cu, backend=backend)
+    expected_p, expected_mask = route_boundaries(q, k, torch.tensor([0, 2, 6], dtype=dtype),
+                                                 backend=backend)
+    assert torch.equal(p, expected_p) and torch.equal(mask, expected_mask)
+    cu.numpy()[1] = 1000
+    with pytest.raises(ValueError, match="must not decrease"):
+        route_boundaries(q, k, cu, backend=backend)
+
+
 def test_route_and_gather_bad_arguments():
     q = torch.randn(6, 4)
     with pytest.raises(ValueError, match=r"k must have shape \(6, 4\)"):
@@ -194,3 +214,22 @@ def test_unknown_or_unavailable_backend():
         route_boundaries(q, q, backend="tpu")
     with pytest.raises(BackendUnavailableError, match="route_boundaries: backend 'cuda'"):
         route_boundaries(q, q, backend="cuda")
+
+
+def test_triton_refuses_float64_gradients_before_the_forward():
+    """The triton backend gathers rows of any dtype but sums gradients in float32: a float64
+    input that needs a gradient is refused up front; without one the forward runs."""
+    dev = backend_device("triton")
+    x = torch.randn(5, 3, dtype=torch.float64, device=dev)
+    index = torch.tensor([4, 0, 0, 2], device=dev)
+    chunk_id = torch.tensor([0, 1, 1, 2, 3, 4, 4], device=dev)
+    for call, name in ((lambda t: token_gather(t, index, backend="triton"), "x"),
+                       (lambda t: chunk_scatter(t, chunk_id, backend="triton"), "z_chunks")):
+        with pytest.raises(BackendUnavailableError,
+                           match=f"backend 'triton' sums gradients in float32, and {name} is "
+                                 f"float64 and requires grad"):
+            call(x.clone().requires_grad_(True))
+        with torch.no_grad():
+            got = call(x.clone().requires_grad_(True))
+        assert got.dtype == torch.float64 and torch.equal(got, call(x))
+    assert torch.equal(token_gather(x, index, backend="triton"), x[index])

@@ -91,22 +91,28 @@ def check_cu_seqlens_meta(cu_seqlens, batch, name="cu_seqlens"):
 
 
 class _TensorMemo:
-    """What was found about a tensor while it stays unmodified: the last ``size`` entries of
-    (weak reference, version counter, key, value). Tensors made under torch.inference_mode have
-    no version counter: they are never remembered, so they are checked at every use."""
+    """What was found about a device tensor while it stays unmodified: the last ``size`` entries
+    of (weak reference, version counter, key, value). It saves the host sync a value check costs
+    on an accelerator. CPU tensors are never remembered: their checks cost no sync, and memory
+    shared with numpy (torch.from_numpy, .numpy()) changes without moving the version counter.
+    Tensors made under torch.inference_mode have no version counter: never remembered either."""
 
     def __init__(self, size=8):
         self._entries = collections.deque(maxlen=size)
 
+    @staticmethod
+    def _remembers(t):
+        return t.device.type != "cpu" and not t.is_inference()
+
     def get(self, t, key):
-        if not t.is_inference():
+        if self._remembers(t):
             for ref, version, k, value in self._entries:
                 if ref() is t and version == t._version and k == key:
                     return value
         return None
 
     def put(self, t, key, value):
-        if not t.is_inference():
+        if self._remembers(t):
             self._entries.append((weakref.ref(t), t._version, key, value))
 
 
@@ -125,19 +131,20 @@ def remember_validated(t, key):
 
 
 def check_cu_seqlens_values(cu_seqlens, total, name="cu_seqlens"):
-    """Value checks: starts at 0, never decreases, ends at ``total``. Costs one host sync the
-    first time a given (unmodified) offsets tensor is seen."""
+    """Value checks: starts at 0, never decreases, ends at ``total``. On an accelerator this costs
+    one host sync the first time a given (unmodified) offsets tensor is seen."""
     if cu_seqlens is None or already_validated(cu_seqlens, ("cu_seqlens", total)):
         return
-    vals = cu_seqlens.tolist()
+    vals = cu_seqlens.to("cpu", torch.int64)
     if vals[0] != 0:
-        raise ValueError(f"{name} must start at 0, got {vals[0]}")
-    for i in range(1, len(vals)):
-        if vals[i] < vals[i - 1]:
-            raise ValueError(f"{name} must not decrease, but {name}[{i}] = {vals[i]} < "
-                             f"{name}[{i - 1}] = {vals[i - 1]}")
+        raise ValueError(f"{name} must start at 0, got {int(vals[0])}")
+    decreasing = torch.nonzero(vals[1:] < vals[:-1])
+    if decreasing.numel():
+        i = int(decreasing[0]) + 1
+        raise ValueError(f"{name} must not decrease, but {name}[{i}] = {int(vals[i])} < "
+                         f"{name}[{i - 1}] = {int(vals[i - 1])}")
     if vals[-1] != total:
-        raise ValueError(f"{name} must end at the total length {total}, got {vals[-1]}")
+        raise ValueError(f"{name} must end at the total length {total}, got {int(vals[-1])}")
     remember_validated(cu_seqlens, ("cu_seqlens", total))
 
 
@@ -180,8 +187,8 @@ _CONVERTED = _TensorMemo()
 
 
 def offsets_int32(cu_seqlens, total, name="cu_seqlens"):
-    """cu_seqlens as int32. int64 offsets are validated as given (one host sync, the first time a
-    tensor is seen), then converted once; while tracing (torch.compile) or on the meta device
+    """cu_seqlens as int32. int64 offsets are validated as given (on an accelerator one host sync,
+    the first time a tensor is seen, and converted once), then converted; while tracing (torch.compile) or on the meta device
     they are clamped to [-1, total + 1] instead, so that an invalid value cannot wrap into a
     valid one (the ops' own value check then rejects it)."""
     if cu_seqlens is None or cu_seqlens.dtype == torch.int32:

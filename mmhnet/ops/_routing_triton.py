@@ -1,6 +1,7 @@
 """The "triton" backend of the routing ops: the primitives of ``_routing_reference.py`` mapped
 onto mmhnet.kernels.routing. Computes in float32 and takes float32, float16 and bfloat16; the
-pure row copies (gathers, compaction) take any dtype."""
+pure row copies (gathers, compaction) take any dtype (ops/routing.py refuses a float64 input
+whose backward would be a row sum here before the forward runs)."""
 
 import torch
 

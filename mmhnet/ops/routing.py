@@ -20,7 +20,7 @@ Every op takes ``backend=None | "reference" | "triton" | "cpu" | "cuda"`` (DESIG
 import torch
 
 from . import _routing_library  # noqa: F401  (registers the torch.ops.mmhnet routing ops)
-from ._backend import resolve_backend
+from ._backend import BackendUnavailableError, resolve_backend
 from ._checks import (check_cu_seqlens_meta, check_flag, check_has_values, check_number,
                       check_same_device, check_same_dtype, check_tensor, check_token_count,
                       offsets_int32)
@@ -49,6 +49,17 @@ _OPS = {
 def _backend(backend, device, op):
     backends, symbol = _OPS[op]
     return resolve_backend(backend, device, op, symbol, backends)
+
+
+def _refuse_float64_gradient(be, name, t, op):
+    """The triton backend copies rows of any dtype but sums them in float32: a float64 input
+    that will need its gradient (a row sum) is refused before the forward runs, not after."""
+    if (be == "triton" and t.dtype == torch.float64 and t.requires_grad
+            and torch.is_grad_enabled()):
+        raise BackendUnavailableError(
+            f"{op}: backend 'triton' sums gradients in float32, and {name} is float64 and "
+            f"requires grad (use backend='reference' or 'cpu' for float64, or call it under "
+            f"torch.no_grad())")
 
 
 def route_boundaries(q, k, cu_seqlens=None, *, backend=None):
@@ -147,6 +158,7 @@ def chunk_scatter(z_chunks, chunk_id, *, p=None, mask=None, backend=None):
     check_tensor("mask", mask, shape=(total,), dtypes=BOOL, optional=True)
     check_same_device([("z_chunks", z_chunks), ("chunk_id", chunk_id), ("p", p), ("mask", mask)])
     be = _backend(backend, z_chunks.device, "chunk_scatter")
+    _refuse_float64_gradient(be, "z_chunks", z_chunks, "chunk_scatter")
     return torch.ops.mmhnet.chunk_scatter(z_chunks, chunk_id, p, mask, be)
 
 
@@ -184,6 +196,7 @@ def token_gather(x, index, *, backend=None):
     check_tensor("index", index, ndim=1, dtypes=INDEX_DTYPES)
     check_same_device([("x", x), ("index", index)])
     be = _backend(backend, x.device, "token_gather")
+    _refuse_float64_gradient(be, "x", x, "token_gather")
     return torch.ops.mmhnet.token_gather(x, index, be)
 
 
