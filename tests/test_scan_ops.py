@@ -231,3 +231,46 @@ def test_quasiseparable_two_token_sequences_give_exact_zero_dA(backend, device, 
     y.backward(torch.randn_like(y))
     assert torch.equal(a["A"].grad, torch.zeros_like(a["A"])), a["A"].grad
     assert torch.equal(a["A_rev"].grad, torch.zeros_like(a["A_rev"])), a["A_rev"].grad
+
+
+def _strided_view(t, layout):
+    """t's values in a non-contiguous view built from a fresh leaf (so gradients reach it):
+    'step2' takes every other element of a longer buffer (a 2-D t as its transpose's
+    transpose), 'broadcast' expands one value per row with stride 0."""
+    if layout == "broadcast":
+        base = t[..., :1].detach().clone().requires_grad_(True)
+        return base.expand(t.shape)
+    if t.dim() == 2:
+        base = t.detach().t().contiguous().requires_grad_(True)
+        return base.t()
+    base = torch.stack([t.detach(), torch.full_like(t, float("nan"))], -1).flatten()
+    base.requires_grad_(True)
+    return base[::2]
+
+
+@pytest.mark.parametrize("backend,device", ONE_TOKEN_BACKENDS, ids=[b for b, _ in ONE_TOKEN_BACKENDS])
+@pytest.mark.parametrize("layout", ["step2", "broadcast"])
+@pytest.mark.parametrize("D", ["h", "hp"])
+def test_strided_per_head_parameters(backend, device, layout, D):
+    """A, A_rev, D and dt_bias as strided or stride-0 views: every backend reads their strides
+    (the triton backend once read them as dense: wrong values, NaN for a stride-0 A)."""
+    a = make_scan_inputs(1, 13, 4, 3, 2, 5, D=D, z=True, dt_bias=True, rev=("A",), device=device)
+    cu = torch.tensor([0, 6, 13], dtype=torch.int32, device=device)
+    softplus = a.pop("dt_softplus")
+    for name in ("x", "dt", "B", "C", "z"):
+        a[name].requires_grad_(True)
+    for name in ("A", "A_rev", "D", "dt_bias"):
+        a[name] = _strided_view(a[name], layout)
+        assert not a[name].is_contiguous()
+    ref = clone_inputs(a, dtype=torch.float64, device="cpu")
+    y_ref = R.bi_selective_scan_sequential(**ref, dt_softplus=softplus, mode="quasiseparable",
+                                           cu_seqlens=cu.cpu())
+    y = ops.bi_selective_scan(**a, dt_softplus=softplus, mode="quasiseparable", cu_seqlens=cu,
+                              backend=backend)
+    dy = torch.randn_like(y_ref)
+    names = ["x", "dt", "A", "B", "C", "D", "z", "dt_bias", "A_rev"]
+    got = torch.autograd.grad(y, [a[k] for k in names], dy.to(y))
+    want = torch.autograd.grad(y_ref, [ref[k] for k in names], dy)
+    assert_close_rel(y.cpu(), y_ref, TOL[torch.float32], f"{backend} y")
+    for k, g, w in zip(names, got, want):
+        assert_close_rel(g.cpu(), w, TOL[torch.float32], f"{backend} d{k}")

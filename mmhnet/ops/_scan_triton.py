@@ -20,15 +20,21 @@ def _check_dtypes(a):
                 f"{name} is float64 (use backend='reference' or 'cpu' for float64)")
 
 
+def _dense(t):
+    """The kernels index the per-head vectors (A, D, dt_bias) without strides."""
+    return None if t is None else t.contiguous()
+
+
 def _directions(a):
-    main = Direction(a.dt, a.A, a.B, a.C)
+    A = _dense(a.A)
+    main = Direction(a.dt, A, a.B, a.C)
     if a.directions == FORWARD:
         return main, None
     if a.directions != BOTH:
         return None, main
     # the same tensor object where the reverse direction shares a parameter
-    rev = Direction(a.dt if a.dt_rev is None else a.dt_rev, a.A if a.A_rev is None else a.A_rev,
-                    a.B if a.B_rev is None else a.B_rev, a.C if a.C_rev is None else a.C_rev)
+    rev = Direction(a.dt if a.dt_rev is None else a.dt_rev,
+                    A if a.A_rev is None else _dense(a.A_rev), a.B if a.B_rev is None else a.B_rev, a.C if a.C_rev is None else a.C_rev)
     return main, rev
 
 
@@ -43,8 +49,8 @@ def _seq_idx(cu_seqlens, total):
 def forward(a):
     _check_dtypes(a)
     fwd, rev = _directions(a)
-    return scan_fwd(a.x, fwd, rev, a.D, a.z, a.dt_bias, _seq_idx(a.cu_seqlens, a.x.shape[1]),
-                    a.dt_softplus, a.quasi, CHUNK_SIZE)
+    return scan_fwd(a.x, fwd, rev, _dense(a.D), a.z, _dense(a.dt_bias),
+                    _seq_idx(a.cu_seqlens, a.x.shape[1]), a.dt_softplus, a.quasi, CHUNK_SIZE)
 
 
 def _reverse_grad(grad, given):
@@ -59,8 +65,8 @@ def _reverse_grad(grad, given):
 def backward(dy, a):
     _check_dtypes(a)
     fwd, rev = _directions(a)
-    g = scan_bwd(dy, a.x, fwd, rev, a.D, a.z, a.dt_bias, _seq_idx(a.cu_seqlens, a.x.shape[1]),
-                 a.dt_softplus, a.quasi, CHUNK_SIZE)
+    g = scan_bwd(dy, a.x, fwd, rev, _dense(a.D), a.z, _dense(a.dt_bias),
+                 _seq_idx(a.cu_seqlens, a.x.shape[1]), a.dt_softplus, a.quasi, CHUNK_SIZE)
     main = g.fwd if g.fwd is not None else g.rev
     ddt_rev = dA_rev = dB_rev = dC_rev = None
     dA = main.dA
