@@ -26,12 +26,18 @@ DIMS = (512, 1024)
 BOUNDARY_FRACTION = 0.25
 TARGET_RATIO = 4.0
 EMA_HEADDIM = 64
-# The bi_selective_scans of the target comparison at dim 1024, as (name, heads, headdim, dstate):
-# the strict one scans exactly dim channels; the second is the scan a BiMamba2(d_model=dim) layer
-# with its default config (expand 2, headdim 64, d_state 128) runs on the same tokens.
-SCAN_CONFIGS = (("16 x 64, dstate 64", 16, 64, 64),
-                ("BiMamba2 default: 32 x 64, dstate 128", 32, 64, 128))
-ROUND_TRIP_DIM = 1024
+ROUND_TRIP_DIM = 1024  # the dim at which the round trip is compared with the scans
+SCAN_HEADDIM = 64
+
+
+def scan_configs(dim):
+    """The bi_selective_scans of the target comparison, as (name, heads, headdim, dstate): the
+    strict one scans exactly dim channels (dstate 64); the second is the scan a
+    BiMamba2(d_model=dim) layer with its default config (expand 2, headdim 64, d_state 128) runs
+    on the same tokens."""
+    strict, layer = dim // SCAN_HEADDIM, 2 * dim // SCAN_HEADDIM
+    return ((f"{strict} x {SCAN_HEADDIM}, dstate 64", strict, SCAN_HEADDIM, 64),
+            (f"BiMamba2 default: {layer} x {SCAN_HEADDIM}, dstate 128", layer, SCAN_HEADDIM, 128))
 
 
 def sequence_lengths(tokens):
@@ -256,7 +262,7 @@ def run(device="cpu", quick=False):
                 if bandwidth is None:
                     bandwidth = copy_bandwidth(device)
                 floor = round_trip_bytes(tokens, dim, a["num_chunks"], a["x"].element_size()) / bandwidth
-                for scan_name, heads, headdim, dstate in SCAN_CONFIGS:
+                for scan_name, heads, headdim, dstate in scan_configs(dim):
                     step = scan_step(tokens, a["cu"], device, dtype, heads, headdim, dstate)
                     scan = time_fn(step, device, warmup, reps)
                     target.add(tokens, dim, fmt_ms(trip), fmt_ms(trip_torch), scan_name,

@@ -248,7 +248,8 @@ def _strided_view(t, layout):
     return base[::2]
 
 
-@pytest.mark.parametrize("backend,device", ONE_TOKEN_BACKENDS, ids=[b for b, _ in ONE_TOKEN_BACKENDS])
+@pytest.mark.parametrize("backend,device", ONE_TOKEN_BACKENDS,
+                         ids=[b for b, _ in ONE_TOKEN_BACKENDS])
 @pytest.mark.parametrize("layout", ["step2", "broadcast"])
 @pytest.mark.parametrize("D", ["h", "hp"])
 def test_strided_per_head_parameters(backend, device, layout, D):

@@ -187,10 +187,10 @@ _CONVERTED = _TensorMemo()
 
 
 def offsets_int32(cu_seqlens, total, name="cu_seqlens"):
-    """cu_seqlens as int32. int64 offsets are validated as given (on an accelerator one host sync,
-    the first time a tensor is seen, and converted once), then converted; while tracing (torch.compile) or on the meta device
-    they are clamped to [-1, total + 1] instead, so that an invalid value cannot wrap into a
-    valid one (the ops' own value check then rejects it)."""
+    """cu_seqlens as int32. int64 offsets are validated as given, then converted (on an
+    accelerator both happen once per unmodified tensor: one host sync); while tracing
+    (torch.compile) or on the meta device they are clamped to [-1, total + 1] instead, so that
+    an invalid value cannot wrap into a valid one (the ops' own value check then rejects it)."""
     if cu_seqlens is None or cu_seqlens.dtype == torch.int32:
         return cu_seqlens
     if torch.compiler.is_compiling() or cu_seqlens.device.type == "meta":

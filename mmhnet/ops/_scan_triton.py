@@ -34,7 +34,8 @@ def _directions(a):
         return None, main
     # the same tensor object where the reverse direction shares a parameter
     rev = Direction(a.dt if a.dt_rev is None else a.dt_rev,
-                    A if a.A_rev is None else _dense(a.A_rev), a.B if a.B_rev is None else a.B_rev, a.C if a.C_rev is None else a.C_rev)
+                    A if a.A_rev is None else _dense(a.A_rev),
+                    a.B if a.B_rev is None else a.B_rev, a.C if a.C_rev is None else a.C_rev)
     return main, rev
 
 
