@@ -13,8 +13,16 @@ Sequences (cu_seqlens) are handled with per-token sequence ids ``seq``: two toke
 when their ids are equal; states entering a chunk belong to the token just outside it.
 """
 
+import os
+
 import triton
 import triton.language as tl
+
+# Under TRITON_INTERPRET=1 (read when the kernels are defined, as triton.jit does) the matmul
+# operands are rounded in fp32 bit arithmetic: the interpreter's own fp32 -> bf16 cast rounds
+# toward zero and its tl.dot multiplies bf16 operands' raw bit patterns. False when compiling,
+# so the GPU code is unchanged.
+EMULATE_ROUNDING = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 
 @triton.jit
@@ -110,9 +118,31 @@ def chunk_seq_ids(seq_ptr, pos, valid, start, end, L_row, HAS_SEQ: tl.constexpr)
 
 
 @triton.jit
+def round_like_gpu(a, DTYPE: tl.constexpr):
+    """a (fp32) rounded to DTYPE (bf16 or fp16) to nearest, ties to even, as a GPU converts,
+    and widened back to fp32; NaN and Inf kept. bf16 by rounding the fp32 bit pattern (bit 16
+    is the kept part's last bit), fp16 by the interpreter's own (numpy) conversion."""
+    a = a.to(tl.float32)
+    if DTYPE == tl.bfloat16:
+        bits = a.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        out = tl.where(a == a, bits.to(tl.float32, bitcast=True), a)  # a NaN's carry would wrap
+    else:
+        out = a.to(DTYPE).to(tl.float32)
+    return out
+
+
+@triton.jit
 def mm(a, b, MM_DTYPE: tl.constexpr, PREC: tl.constexpr):
-    """a @ b with fp32 accumulation; operands cast to MM_DTYPE (the input dtype on GPU)."""
-    return tl.dot(a.to(MM_DTYPE), b.to(MM_DTYPE), input_precision=PREC, out_dtype=tl.float32)
+    """a @ b with fp32 accumulation; operands cast to MM_DTYPE (the input dtype on GPU).
+    Under the interpreter 16-bit operands are rounded as a GPU rounds them and multiplied in
+    fp32: exact products of 16-bit values, fp32 accumulation, as tensor cores give."""
+    if EMULATE_ROUNDING and MM_DTYPE != tl.float32:
+        out = tl.dot(round_like_gpu(a, MM_DTYPE), round_like_gpu(b, MM_DTYPE),
+                     input_precision="ieee", out_dtype=tl.float32)
+    else:
+        out = tl.dot(a.to(MM_DTYPE), b.to(MM_DTYPE), input_precision=PREC, out_dtype=tl.float32)
+    return out
 
 
 @triton.jit

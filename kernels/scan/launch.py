@@ -57,15 +57,10 @@ class ScanGradsRaw(NamedTuple):
     ddt_bias: Optional[torch.Tensor]
 
 
-def _interpreting():
-    import os
-
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _mm_config(x):
-    """Operand dtype and fp32 precision of the in-kernel matmuls."""
-    if _interpreting() or x.dtype in (torch.float32, torch.float64):
+    """Operand dtype and fp32 precision of the in-kernel matmuls. The interpreter gets the
+    same 16-bit operand dtype as a GPU: common.mm then rounds as a GPU does."""
+    if x.dtype in (torch.float32, torch.float64):
         mm_dtype = triton.language.float32
     else:
         mm_dtype = triton.language.bfloat16 if x.dtype == torch.bfloat16 else triton.language.float16
