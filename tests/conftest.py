@@ -2,6 +2,8 @@
 
 * TRITON_INTERPRET must be set before any Triton kernel is defined, so it is set here, at import,
   when no CUDA device is present: the Triton backend then runs on CPU tensors.
+* Under the interpreter, fp32 -> bf16 conversions round to nearest even as on a GPU (the
+  interpreter's own truncate; helpers.make_interpreter_round_bf16_to_nearest).
 * MMHNET_POISON=1 makes the kernel launchers fill their outputs with NaN before the kernels run,
   so an element a kernel forgets to write fails the comparison.
 * Tests marked cpu_streamed run with the CPU routing kernels writing every output with
@@ -18,6 +20,10 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("TRITON_INTERPRET") == "1":
+    from helpers import make_interpreter_round_bf16_to_nearest
+
+    make_interpreter_round_bf16_to_nearest()  # bf16 outputs rounded as on a GPU
 os.environ.setdefault("MMHNET_POISON", "1")
 
 import pytest  # noqa: E402

@@ -148,6 +148,41 @@ def check_reverse_inputs_aliasing_forward(backend, device, dtype=torch.float32):
             assert_close_rel(g[k].cpu(), g_ref[k], TOL[dtype], f"{alias} d{k}")
 
 
+def bf16_bits_nearest_even(bits):
+    """uint32 numpy array of fp32 bit patterns -> uint16 array of bf16 bit patterns, rounded to
+    nearest, ties to even (add 0x7FFF plus the kept part's last bit, drop the low 16 bits), as a
+    GPU and torch convert; Inf stays Inf, NaN stays (quiet) NaN."""
+    import numpy as np
+
+    bits = np.asarray(bits, dtype=np.uint32)
+    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = (bits & 0x7FFFFFFF) > 0x7F800000  # their carry could wrap or reach the sign
+    return np.where(nan, ((bits >> 16) | 0x0040).astype(np.uint16), rounded)
+
+
+def make_interpreter_round_bf16_to_nearest():
+    """The Triton interpreter (3.9) converts fp32 to bf16 by dropping the low 16 bits (toward
+    zero) where a GPU rounds to nearest even: make its cast round as a GPU's does, so that bf16
+    outputs stored by kernels under TRITON_INTERPRET=1 carry the GPU's rounding error."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    if getattr(builder.cast_impl, "rounds_bf16_to_nearest", False):
+        return
+    truncating = builder.cast_impl
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            bits = np.asarray(src.data, dtype=np.float32).view(np.uint32)
+            return interpreter.TensorHandle(bf16_bits_nearest_even(bits), tl.bfloat16)
+        return truncating(self, src, dst_type)
+
+    cast_impl.rounds_bf16_to_nearest = True
+    builder.cast_impl = cast_impl
+
+
 def permuted(t):
     """The same values laid out with the dimensions' strides in reverse order: dense but not
     contiguous, as a transposed projection gives."""
