@@ -22,3 +22,27 @@ def test_import_leaves_the_model_out():
     code = "import sys, mmhnet; print('mmhnet.model' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_import_loads_nothing_beyond_torch():
+    """`import mmhnet` costs its own modules only (issue 24: torch._dynamo, pulled in by a
+    decorator, made it take 2.8 s more than `import torch`)."""
+    code = ("import sys, torch; before = set(sys.modules); import mmhnet; "
+            "print(sorted(m for m in set(sys.modules) - before if not m.startswith('mmhnet')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_backend_choice_carries_torchs_constant_result_marker():
+    """resolve_backend is marked as torch.compiler.assume_constant_result marks a function,
+    without importing torch._dynamo: the marker must be all that torch's decorator sets."""
+    import torch
+
+    from mmhnet.ops._backend import resolve_backend
+
+    def probe():
+        return 0
+
+    torch.compiler.assume_constant_result(probe)
+    assert vars(probe) == {"_dynamo_marked_constant": True}
+    assert resolve_backend._dynamo_marked_constant is True

@@ -52,7 +52,15 @@ def _native_has(module_name, symbol):
     return mod is not None and hasattr(mod, symbol)
 
 
-@torch.compiler.assume_constant_result
+def _assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without its import of torch._dynamo, which
+    costs seconds at ``import mmhnet``: the decorator only sets this marker, which dynamo reads
+    when it traces a call (tests/test_package.py checks that torch's decorator does no more)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
 def resolve_backend(backend, device, op, native_symbol=None, backends=BACKENDS):
     """Pick and validate the backend for one call of ``op`` on tensors on ``device``.
 
