@@ -3,13 +3,16 @@
 Two pybind11 modules, both independent of torch's headers, ABI and CUDA flavour:
 
 * ``mmhnet._C``      C++17 CPU kernels (OpenMP), always built.
-* ``mmhnet._C_cuda`` CUDA kernels, built when nvcc is found (``MMHNET_BUILD_CUDA=0/1`` forces
-  it off/on). A failed optional CUDA build prints why and leaves the CPU build working.
+* ``mmhnet._C_cuda`` CUDA kernels, built by default only where they can run: the torch in the
+  build environment is a CUDA build and nvcc is found (``MMHNET_BUILD_CUDA=0/1`` forces it
+  off/on; a CPU-only torch, or none importable, means off). A failed optional CUDA build prints
+  why and leaves the CPU build working. An extension that is not built this time is removed
+  from the build folder and the package, so a stale one never reaches a wheel.
 
 Sources are compiled by ninja (parallel), from a ``build.ninja`` written per extension.
 
 Environment:
-  MMHNET_BUILD_CUDA   0 / 1 / unset (auto: build when nvcc is found)
+  MMHNET_BUILD_CUDA   0 / 1 / unset (auto: build when torch has CUDA and nvcc is found)
   MMHNET_CUDA_ARCHS   e.g. "80;90" (default) or "90a"; each entry becomes -gencode for sm_XX
   MMHNET_CPU_ARCH     value for -march (default "native"; use e.g. "x86-64-v3" for portable wheels)
   CXX, NVCC           compilers to use
@@ -72,13 +75,38 @@ def _q(path):
     return path.replace(" ", "$ ").replace(":", "$:")
 
 
+def _torch_has_cuda():
+    """Whether the torch this build runs beside is a CUDA build (False where torch is not
+    importable, e.g. under build isolation)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.version.cuda is not None
+
+
 class NinjaBuildExt(build_ext):
+    def run(self):
+        for name in _ALL_EXTENSIONS:
+            if name not in {ext.name for ext in self.extensions}:
+                self._remove_output(name)
+        super().run()
+
+    def _remove_output(self, name):
+        """Delete a previous build's module (build folder, or the package for an editable
+        install), so that it cannot be packaged or imported as if built now."""
+        path = os.path.abspath(self.get_ext_fullpath(name))
+        if os.path.exists(path):
+            os.remove(path)
+            print(f"mmhnet: removed {path} (not built this time)", file=sys.stderr)
+
     def build_extension(self, ext):
         try:
             self._build(ext)
         except Exception as err:  # noqa: BLE001 - report any failure of the optional build
             if not getattr(ext, "optional_build", False):
                 raise
+            self._remove_output(ext.name)
             print(
                 f"mmhnet: WARNING: the optional extension {ext.name} was not built: {err}\n"
                 f"mmhnet: the CPU extension and the Triton kernels are unaffected.",
@@ -159,12 +187,15 @@ class NinjaBuildExt(build_ext):
         subprocess.run(cmd, check=True)
 
 
+_ALL_EXTENSIONS = ("mmhnet._C", "mmhnet._C_cuda")
+
+
 def _extensions():
     cpu_sources = sorted(glob.glob("csrc/cpu/*.cpp")) + ["csrc/module_cpu.cpp"]
     exts = [NinjaExtension("mmhnet._C", cpu_sources)]
     want_cuda = _env_flag("MMHNET_BUILD_CUDA")
     if want_cuda is None:
-        want_cuda = _find_nvcc() is not None
+        want_cuda = _find_nvcc() is not None and _torch_has_cuda()
     if want_cuda:
         cuda_sources = sorted(glob.glob("csrc/cuda/*.cu")) + ["csrc/module_cuda.cu"]
         forced = _env_flag("MMHNET_BUILD_CUDA") is True
