@@ -2,7 +2,7 @@
 (joint attention with RoPE) on 8 s clips of the synthetic event task, then generate 8, 60 and
 300 s and measure the per-frame error and the event alignment (metrics.py).
 
-    python -m mmhnet.study [--out docs/study] [--steps 2000] [--train-budget 300]
+    python -m mmhnet.study [--out out/study] [--steps 2000] [--train-budget 300]
 
 Both models see the same training batches (same seeds) and the same number of optimizer steps:
 MMHNet trains first, for ``steps`` steps or until ``train_budget`` seconds have passed, and the
@@ -129,8 +129,9 @@ def main(argv=None):
     from .report import write_report
 
     parser = argparse.ArgumentParser(prog="python -m mmhnet.study", description=__doc__)
-    parser.add_argument("--out", default="docs/study", help="folder for results.json, "
-                        "results.md and length_generalization.png")
+    parser.add_argument("--out", default="out/study", help="folder for results.json, "
+                        "results.md and length_generalization.png (docs/study holds the "
+                        "published run: name it to refresh that)")
     parser.add_argument("--steps", type=int, default=StudySettings.steps)
     parser.add_argument("--train-budget", type=float, default=StudySettings.train_budget)
     parser.add_argument("--sampler-steps", type=int, default=StudySettings.sampler_steps)
