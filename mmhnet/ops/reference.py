@@ -143,6 +143,24 @@ def bi_selective_scan_sequential(x, dt, A, B, C, D=None, z=None, dt_bias=None, d
 # Chunked (SSD) form
 # ----------------------------------------------------------------------------------------------
 
+def _segment_sums(lam):
+    """Log-decay between every causal pair of a chunk, summed directly: lam (b, c, q, h) ->
+    (b, c, h, s, t) holding sum_{s < k <= t} lam_k for s <= t and -inf for s > t.
+
+    Not L_t - L_s of the cumulative sum L (as mamba_ssm's ``segsum``): through L_t - L_s,
+    autograd forms d lam as a reverse cumulative sum of O(1) terms (each pair's gradient enters
+    at both ends, the pair (t, t) too) that cancel to the small true value under strong decay;
+    in float32 that cost dA and dt_bias up to ~6e-3 relative error (issue 20). Summed directly,
+    the gradient of lam_k collects only the pairs s < k <= t, each decayed over its segment.
+    The sum runs over the last, contiguous dimension (torch's CPU cumsum is ~5x slower over a
+    strided one); -inf is added, not filled in, so that its backward is free.
+    """
+    b, c, q, h = lam.shape
+    terms = lam.transpose(2, 3)[:, :, :, None, :].expand(b, c, h, q, q).triu(1)  # k > s
+    above = torch.full((q, q), float("-inf"), dtype=lam.dtype, device=lam.device).tril(-1)
+    return terms.cumsum(-1) + above
+
+
 def ssd_chunked(x, dt, A, B, C, chunk_size=64):
     """Causal SSD in matmul form, one sequence per batch row, no options.
 
@@ -177,21 +195,20 @@ def ssd_chunked(x, dt, A, B, C, chunk_size=64):
     Lc = torch.cumsum(lam, dim=2)  # chunk-local inclusive cumsum
     xdt = xc * dtc[..., None]
     # intra-chunk: decay matrix exp(L_t - L_s) for s <= t
-    diff = Lc[:, :, :, None, :] - Lc[:, :, None, :, :]  # (b, c, t, s, h)
-    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
-    seg = torch.exp(diff.masked_fill(~causal[None, None, :, :, None], float("-inf")))
-    CB = torch.einsum("bcthn,bcshn->bctsh", Ch, Bh)
-    y = torch.einsum("bctsh,bcshp->bcthp", CB * seg, xdt)
+    segsum = _segment_sums(lam)  # (b, c, h, s, t)
+    CB = torch.einsum("bcthn,bcshn->bchst", Ch, Bh)
+    y = torch.einsum("bchst,bcshp->bcthp", CB * torch.exp(segsum), xdt)
     # chunk-local states and their passing from chunk to chunk
     L_end = Lc[:, :, -1]  # (b, c, h)
-    w = torch.exp(L_end[:, :, None] - Lc)  # (b, c, q, h)
-    local = torch.einsum("bcsh,bcshp,bcshn->bchpn", w, xdt, Bh)
-    carry = torch.exp(L_end)
+    w = torch.exp(segsum[..., -1])  # (b, c, h, s): exp(L_end - L_s), seg's last column
+    local = torch.einsum("bchs,bcshp,bcshn->bchpn", w, xdt, Bh)
+    # unbind, not indexing per chunk: the backward of x[:, c] writes a zero tensor of x's size
+    # for every chunk (quadratic in the length), that of unbind one stack
     states = []
     running = x.new_zeros(b, h, p, n, dtype=cd)
-    for c in range(nc):
+    for carry_c, local_c in zip(torch.exp(L_end).unbind(1), local.unbind(1)):
         states.append(running)
-        running = carry[:, c, :, None, None] * running + local[:, c]
+        running = carry_c[:, :, None, None] * running + local_c
     H_in = torch.stack(states, dim=1)  # (b, c, h, p, n)
     y = y + torch.einsum("bcthn,bchpn,bcth->bcthp", Ch, H_in, torch.exp(Lc))
     return y.reshape(b, nc * q, h, p)[:, :l]
