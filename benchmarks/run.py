@@ -4,8 +4,10 @@
     python -m benchmarks.run --only scan     # some sections
     python -m benchmarks.run --quick         # smaller sizes, for a smoke run
     python -m benchmarks.run --out DIR       # also write each table to DIR/<section>.md
+    python -m benchmarks.run --warmup mamba  # one untimed call (compiles, autotuning), then exit
 
-Each section is a module ``benchmarks/bench_<name>.py`` with ``run(device, quick) -> [Table]``.
+Each section is a function ``run(device, quick) -> [Table]`` of ``benchmarks/bench_<name>.py``
+("target" is ``bench_scan.run_target``: the issue-2 target table, GPU only).
 """
 
 import argparse
@@ -15,9 +17,38 @@ import sys
 
 import torch
 
-from .common import machine_description, today
+from .common import machine_description, sync, today
 
-SECTIONS = ["scan", "scan_cpu", "precision", "layers", "routing", "profile"]
+SECTIONS = ["target", "scan", "scan_cpu", "precision", "layers", "routing", "profile"]
+# section -> (module, function) where it is not bench_<section>.run
+SECTION_FUNCTIONS = {"target": ("bench_scan", "run_target")}
+WARMUPS = ("ours", "mamba", "fla")
+
+
+def section_tables(name, device, quick):
+    module, function = SECTION_FUNCTIONS.get(name, (f"bench_{name}", "run"))
+    return getattr(importlib.import_module(f"benchmarks.{module}"), function)(device, quick)
+
+
+def warm_up(name, device, batch=8, tokens=9375):
+    """One untimed forward + backward of ``name`` (one of WARMUPS) at the target table's first
+    shape (bf16, batch 8, 9375 tokens), so that its Triton compiles and autotuning land in the
+    on-disk cache before a timed run; scripts/gpu_check.sh gives each its own deadline.
+    Raises RuntimeError when the baseline cannot be imported."""
+    from . import bench_scan
+
+    if name == "ours":
+        fn = bench_scan._ours("triton")
+    elif name == "mamba":
+        fns, why = bench_scan._mamba_two_pass()
+        fn = fns[0] if fns else None
+    else:
+        fn, why = bench_scan._fla_two_pass()
+    if fn is None:
+        raise RuntimeError(why)
+    args = bench_scan.make_inputs(batch, tokens, torch.device(device), torch.bfloat16)
+    bench_scan._fwd_bwd(fn, args)()
+    sync(device)
 
 
 def main(argv=None):
@@ -26,15 +57,24 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=None, help="folder to write <section>.md tables into")
+    parser.add_argument("--warmup", choices=WARMUPS, default=None,
+                        help="only one untimed call of ours (triton) or a baseline, then exit")
     args = parser.parse_args(argv)
+    if args.warmup:
+        try:
+            warm_up(args.warmup, args.device)
+        except RuntimeError as err:
+            print(f"warm-up {args.warmup}: not available: {err}", flush=True)
+            return 3
+        print(f"warm-up {args.warmup}: done", flush=True)
+        return 0
     sections = args.only or SECTIONS
     header = f"Machine: {machine_description(args.device)}; date {today()}"
     print(header + "\n", flush=True)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
     for name in sections:
-        module = importlib.import_module(f"benchmarks.bench_{name}")
-        tables = module.run(args.device, args.quick)
+        tables = section_tables(name, args.device, args.quick)
         text = "\n".join(t.render() for t in tables)
         print(text, flush=True)
         if args.out:

@@ -1,94 +1,435 @@
 #!/usr/bin/env bash
-# The GPU check, for a machine with an NVIDIA GPU and no internet:
-#   builds the package (CUDA extension included), runs the GPU tests (bf16 included), runs the
-#   benchmark runner against the baselines, and prints a short table at the end.
+# The GPU check: what a lent GPU machine (no internet; 15 minutes of it in all, 10 a command)
+# must answer, in ONE command of at most 9 minutes: do the kernels build and run right on the
+# GPU, and how fast are they against mamba_ssm and fla. Four stages, each with a deadline; each
+# writes its section of summary.md as it ends, and its log under $OUT as it runs, so a stage
+# killed at its deadline (or the whole command killed) still leaves what finished.
 #
-#   OUT=/some/dir scripts/gpu_check.sh [WHEELHOUSE]
+#   1. env+build  (<= 120 s) nvidia-smi, versions, commit; the package built for this GPU's arch
+#                            only (MMHNET_CUDA_ARCHS from nvidia-smi's compute_cap), MAX_JOBS =
+#                            cores; a failed CUDA build is reported (the tail of its log) and the
+#                            CPU-only build (MMHNET_BUILD_CUDA=0) is made instead
+#   2. smoke      (<= 60 s)  scripts/gpu_smoke.py with CUDA_LAUNCH_BLOCKING=1, one process per
+#                            case: each backend x {float32, bfloat16} forward + backward on packed
+#                            sequences against the float64 reference, a routing round trip, and
+#                            compute-sanitizer memcheck + racecheck on a tiny CUDA-backend case
+#   3. tests      (<= 240 s) the GPU cases of the test suite (-k "cuda or triton"; CPU-only files
+#                            are CI's), scan files first, over pytest-xdist workers so compiles
+#                            spread, a per-test timeout, and SIGINT at the deadline so that pytest
+#                            prints its summary (-rfE --durations=20)
+#   4. bench      (<= 150 s) the baselines from the wheelhouse (mamba_ssm's sdist unpacked onto
+#                            PYTHONPATH, never built; fla-core's wheel without its dependencies),
+#                            each warmed up (compiled, autotuned) under a deadline of its own and
+#                            left out of the tables if it misses it; then the target table first,
+#                            then the scan and precision tables
+# The stages add up to more than 540 s: the tests stage gives way so that the bench keeps its time.
 #
-# WHEELHOUSE (default $MMHNET_WHEELHOUSE, else ./wheelhouse) holds files downloaded beforehand
-# with scripts/fetch_wheels.sh: build tools and test packages missing on the machine, and the
-# baselines (the mamba-ssm sdist, installed without its CUDA build; the fla-core wheel). A
-# baseline that cannot be found is skipped, and the script says so.
-# Files written under $OUT: summary.txt, build.log, tests.txt, bench.txt, tables/<section>.md.
+# From the device tool (the checkout travels there, ../shared does not):
+#   here, once:  rm -rf wheelhouse && cp -r ../shared/wheelhouse wheelhouse    (.gitignore'd)
+#   run(command="bash scripts/gpu_check.sh", carry=["wheelhouse"], timeout_s=560)
+# A wheelhouse is looked for in ./wheelhouse, then ../shared/wheelhouse; without one the bench
+# runs without the baselines, and says so. Nothing else is needed beyond the repository.
+#
+# Files under $OUT (6; everything else goes to a temporary folder):
+#   summary.md     each stage's status, time and failures, and the benchmark tables
+#   build.log      the build(s)                 smoke.log   the smoke cases, one line each
+#   sanitizer.log  compute-sanitizer's output   tests.txt   pytest's output
+#   bench.md       the benchmark tables as `python -m benchmarks.run` prints them
+#
+# Environment (seconds unless said): GPU_CHECK_TOTAL_S 540, GPU_CHECK_BUILD_S 120,
+# GPU_CHECK_SMOKE_S 60, GPU_CHECK_TESTS_S 240, GPU_CHECK_BENCH_S 150, GPU_CHECK_MIN_TESTS_S 60
+# (kept for the tests by the stages before them), GPU_CHECK_FALLBACK_S 40 (kept by the CUDA build
+# for the CPU-only one), GPU_CHECK_REPORT_S 15 (kept by the builds for the versions report),
+# GPU_CHECK_WARMUP_S 60 (each baseline's warm-up; GPU_CHECK_MIN_TABLES_S 30 stay for the timed
+# tables after it), GPU_CHECK_TEST_TIMEOUT_S
+# 120 (one test), GPU_CHECK_GRACE_S 10 (from SIGTERM to SIGKILL, inside each deadline),
+# GPU_CHECK_TEST_GRACE_S 25 (from the tests' SIGINT to SIGKILL);
+# GPU_CHECK_WORKERS (cores), GPU_CHECK_TEST_FILES, GPU_CHECK_TEST_K, GPU_CHECK_SMOKE_ARGS,
+# GPU_CHECK_BENCH_SECTIONS ("target scan precision"), GPU_CHECK_WHEELHOUSES (the folders looked
+# in), PYTHON (python3), MMHNET_CUDA_ARCHS, MMHNET_COMMIT (the commit, where .git is absent).
+# tests/test_gpu_check.py runs every stage on CPU with the GPU tools and heavy commands stubbed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/out}
-WHEELS=${1:-${MMHNET_WHEELHOUSE:-$PWD/wheelhouse}}
+REPO=$PWD
+OUT=${OUT:-$REPO/out}
 PY=${PYTHON:-python3}
-TEST_TIMEOUT=${TEST_TIMEOUT:-300}
-BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
-# the kernel sections; the 5-minute profile runs too, within a small time budget
-BENCH_SECTIONS=${BENCH_SECTIONS:-scan precision routing layers profile}
-export MMHNET_BENCH_PROFILE_BUDGET=${MMHNET_BENCH_PROFILE_BUDGET:-60}
-# only the GPU in this machine (sm_90 for an H100 or H200): half the CUDA compile time of "80;90"
-if [ -z "${MMHNET_CUDA_ARCHS:-}" ]; then
-  cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ')
-  [ -n "$cap" ] && export MMHNET_CUDA_ARCHS="$cap"
-fi
+# (nproc would count OMP_NUM_THREADS, not the cores)
+CORES=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 1)
+TOTAL_S=${GPU_CHECK_TOTAL_S:-540}
+BUILD_S=${GPU_CHECK_BUILD_S:-120}
+SMOKE_S=${GPU_CHECK_SMOKE_S:-60}
+TESTS_S=${GPU_CHECK_TESTS_S:-240}
+BENCH_S=${GPU_CHECK_BENCH_S:-150}
+MIN_TESTS_S=${GPU_CHECK_MIN_TESTS_S:-60}
+FALLBACK_S=${GPU_CHECK_FALLBACK_S:-40}
+WARMUP_S=${GPU_CHECK_WARMUP_S:-60}
+MIN_TABLES_S=${GPU_CHECK_MIN_TABLES_S:-30}
+TEST_TIMEOUT_S=${GPU_CHECK_TEST_TIMEOUT_S:-120}
+GRACE_S=${GPU_CHECK_GRACE_S:-10}
+# pytest-xdist waits 10 s for its workers after SIGINT before it prints the summary
+TEST_GRACE_S=${GPU_CHECK_TEST_GRACE_S:-25}
+REPORT_S=${GPU_CHECK_REPORT_S:-15}
+WORKERS=${GPU_CHECK_WORKERS:-$CORES}
+TEST_K=${GPU_CHECK_TEST_K:-cuda or triton}
+SMOKE_ARGS=${GPU_CHECK_SMOKE_ARGS:-}
+BENCH_SECTIONS=${GPU_CHECK_BENCH_SECTIONS:-target scan precision}
+WHEELHOUSES=${GPU_CHECK_WHEELHOUSES:-$REPO/wheelhouse $REPO/../shared/wheelhouse}
+# Test files of CPU-only code (CI runs them): never collected here.
+CPU_ONLY_TESTS="test_scan_reference.py test_model*.py test_package.py test_profile*.py
+  test_triton_aot.py test_nvcc_compile.py test_interp_rounding.py test_gpu_check.py test_cli*.py"
+# pytest with SIGINT turned back into KeyboardInterrupt: a shell without job control starts its
+# background children with SIGINT ignored, and a Python started so never sees the deadline's
+# SIGINT (so would print no summary before the SIGKILL).
+PYTEST_MAIN='import signal, sys, pytest
+signal.signal(signal.SIGINT, signal.default_int_handler)
+sys.exit(pytest.main())'
+
 mkdir -p "$OUT"
-: > "$OUT/summary.txt"
-say() { echo "== $*" | tee -a "$OUT/summary.txt"; }
-offline_pip() { "$PY" -m pip install --no-index --find-links "$WHEELS" "$@"; }
+TMPD=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
+SUMMARY=$OUT/summary.md
+START=$(date +%s)
+END=$((START + TOTAL_S))
 
-say "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%Y-%m-%dT%H:%MZ)"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$OUT/summary.txt"
-"$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda, '| triton', triton.__version__)" 2>&1 | tee -a "$OUT/summary.txt"
+now() { date +%s; }
+note() { printf '%s\n' "$*" >> "$TMPD/stage.md"; }   # a line of the running stage's section
+fenced() { echo '```'; cat; echo '```'; }
 
-# 1. build tools and test packages: use what is installed, take the rest from the wheelhouse
-for mod in setuptools pybind11 ninja pytest pytest_benchmark hypothesis; do
-  if ! "$PY" -c "import $mod" 2>/dev/null; then
-    offline_pip "${mod//_/-}" >/dev/null 2>&1 && say "installed $mod from $WHEELS" \
-      || say "missing $mod and not in $WHEELS"
+# run_until DEADLINE SIGNAL GRACE CMD...: CMD, sent SIGNAL GRACE seconds before DEADLINE (epoch
+# seconds) and SIGKILL at it (timeout signals CMD's whole process group); returns 124 when it
+# was stopped, and without starting CMD when no time is left.
+run_until() {
+  local deadline=$1 sig=$2 grace=$3
+  shift 3
+  local left=$((deadline - grace - $(now)))
+  if [ "$left" -le 0 ]; then
+    echo "not started: no time left before the deadline"
+    return 124
   fi
-done
+  timeout -s "$sig" -k "$grace" "$left" "$@"
+}
 
-# 2. build (the CUDA extension is required here)
-if MMHNET_BUILD_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . \
-    > "$OUT/build.log" 2>&1; then
-  say "build: ok ($("$PY" -m mmhnet.cli info 2>&1 | tr '\n' ' '))"
-else
-  say "build: FAILED, see build.log"; tail -20 "$OUT/build.log"
-fi
+# stage_begin NAME OWN_S RESERVE_S: the stage's deadline STAGE_END is OWN_S from now, or less
+# where the total deadline must keep RESERVE_S for the stages after it.
+stage_begin() {
+  STAGE=$1
+  STAGE_T0=$(now)
+  local left=$((END - STAGE_T0 - $3))
+  STAGE_BUDGET=$(($2 < left ? $2 : left))
+  [ "$STAGE_BUDGET" -lt 0 ] && STAGE_BUDGET=0
+  STAGE_END=$((STAGE_T0 + STAGE_BUDGET))
+  : > "$TMPD/stage.md"
+  echo "== $(date -u +%H:%M:%S) $STAGE: budget $STAGE_BUDGET s"
+}
 
-# 3. baselines, from the wheelhouse only
-if ! "$PY" -c "import einops" 2>/dev/null; then offline_pip einops >/dev/null 2>&1; fi
-# mamba-ssm: the sdist is unpacked and put on PYTHONPATH, never built: the benchmark uses only
-# its Triton SSD and enters the package without its __init__ (which needs the CUDA build)
-if "$PY" -c "import mamba_ssm.ops.triton.ssd_combined" 2>/dev/null; then
-  say "baseline mamba_ssm: already installed"
-elif ls "$WHEELS"/mamba_ssm-*.tar.gz >/dev/null 2>&1; then
-  MAMBA_SRC=$(mktemp -d)
-  tar xzf "$(ls "$WHEELS"/mamba_ssm-*.tar.gz | tail -1)" -C "$MAMBA_SRC"
-  export PYTHONPATH="$(ls -d "$MAMBA_SRC"/mamba_ssm-* | tail -1)${PYTHONPATH:+:$PYTHONPATH}"
-  say "baseline mamba_ssm: sdist unpacked (Triton SSD only, no CUDA build)"
-else
-  say "baseline mamba_ssm: skipped (no mamba_ssm-*.tar.gz in $WHEELS)"
-fi
-if "$PY" -c "import fla" 2>/dev/null; then
-  say "baseline fla: already installed"
-elif ls "$WHEELS"/fla_core-*.whl >/dev/null 2>&1; then
-  offline_pip --no-deps "$(ls "$WHEELS"/fla_core-*.whl | tail -1)" >> "$OUT/build.log" 2>&1 \
-    && say "baseline fla: installed fla-core" || say "baseline fla: install FAILED, skipped"
-else
-  say "baseline fla: skipped (no fla_core-*.whl in $WHEELS)"
-fi
+# stage_end STATUS: the stage's section into summary.md, its row into the overview.
+stage_end() {
+  local took=$(($(now) - STAGE_T0))
+  { echo; echo "## $STAGE: $1 ($took s of $STAGE_BUDGET s)"; echo; cat "$TMPD/stage.md"; } \
+    >> "$SUMMARY"
+  echo "| $STAGE | $1 | $took | $STAGE_BUDGET |" >> "$TMPD/overview.md"
+  echo "== $(date -u +%H:%M:%S) $STAGE: $1 ($took s)"
+}
 
-# 4. GPU tests: every Triton / CUDA test file (CPU-only files are CI's job)
-# (test_large_indexing's cpu cases are CI's too: deselected here)
-GPU_TESTS=$(ls tests/test_scan_triton.py tests/test_scan_native.py tests/test_scan_ops.py \
-            tests/test_routing*.py tests/test_layers*.py tests/test_large_indexing.py 2>/dev/null)
-timeout "$TEST_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider $GPU_TESTS \
-  -k "not (test_large_indexing and cpu)" > "$OUT/tests.txt" 2>&1
-rc=$?
-say "GPU tests: exit $rc: $(tail -1 "$OUT/tests.txt")"
+commit_id() {
+  if [ -n "${MMHNET_COMMIT:-}" ]; then echo "$MMHNET_COMMIT"; return; fi
+  local c
+  if c=$(git rev-parse --short HEAD 2>/dev/null); then
+    git diff --quiet HEAD 2>/dev/null && echo "$c" || echo "$c (with uncommitted changes)"
+  else
+    echo "unknown (no .git here; set MMHNET_COMMIT)"
+  fi
+}
 
-# 5. benchmarks against the baselines
-timeout "$BENCH_TIMEOUT" "$PY" -m benchmarks.run --only $BENCH_SECTIONS --out "$OUT/tables" \
-  > "$OUT/bench.txt" 2>&1
-say "benchmarks: exit $?"
+# ---------------------------------------------------------------------------------------------
+# 1. environment and build
+# ---------------------------------------------------------------------------------------------
+gpu_arch() {   # "90" for compute capability 9.0; empty without nvidia-smi
+  nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. '
+}
 
-# 6. the short table
+build_package() {   # build_package 1|0 DEADLINE: pip's editable build, into build.log
+  local archs=()
+  [ -n "$ARCHS" ] && archs=(MMHNET_CUDA_ARCHS="$ARCHS")
+  echo "=== $(date -u +%T) MMHNET_BUILD_CUDA=$1 ${archs[*]} MAX_JOBS=$CORES" >> "$OUT/build.log"
+  run_until "$2" TERM "$GRACE_S" env MMHNET_BUILD_CUDA="$1" "${archs[@]}" MAX_JOBS="$CORES" \
+    "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . >> "$OUT/build.log" 2>&1
+}
+
+env_report() {   # versions and what the build gave, from the Python that runs everything
+  run_until "$STAGE_END" TERM "$GRACE_S" "$PY" -c '
+import sys, torch
+try:
+    import triton
+    tv = triton.__version__
+except ImportError as err:
+    tv = f"not importable ({err})"
+from mmhnet.ops._backend import native_module
+print(f"- python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+      f"triton {tv}; torch sees {torch.cuda.device_count()} GPU(s)")
+for name in ("_C", "_C_cuda"):
+    state = "built" if native_module(name) else "NOT importable"
+    print(f"- mmhnet.{name}: {state}")
+' 2>&1 | tail -6
+}
+
+stage_env_build() {
+  stage_begin env+build "$BUILD_S" $((SMOKE_S + MIN_TESTS_S + BENCH_S))
+  note "- commit $(commit_id), started $(date -u -d "@$START" +%Y-%m-%dT%H:%M:%SZ)"
+  if command -v nvidia-smi >/dev/null; then
+    note "- GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap \
+      --format=csv,noheader 2>&1 | head -1)"
+  else
+    note "- GPU: nvidia-smi not found"
+  fi
+  ARCHS=${MMHNET_CUDA_ARCHS:-$(gpu_arch)}
+  note "- cores $CORES; nvcc: $(command -v nvcc || echo 'not found'); compute-sanitizer:" \
+    "$(command -v compute-sanitizer || echo 'not found')"
+  : > "$OUT/build.log"
+  local status=ok t0=$(now) rc
+  # the CUDA build leaves FALLBACK_S for the CPU-only one, which leaves REPORT_S for env_report
+  build_package 1 $((STAGE_END - FALLBACK_S))
+  rc=$?
+  if [ $rc -eq 0 ]; then
+    note "- CUDA build for sm_${ARCHS:-default}: ok in $(($(now) - t0)) s"
+  else
+    [ $rc -eq 124 ] && why="stopped at its deadline after $(($(now) - t0)) s" || why="exit $rc"
+    note "- CUDA build for sm_${ARCHS:-default}: FAILED ($why); the end of build.log:"
+    tail -15 "$OUT/build.log" | fenced >> "$TMPD/stage.md"
+    t0=$(now)
+    if build_package 0 $((STAGE_END - REPORT_S)); then
+      status="CUDA build failed; CPU-only build ok"
+      note "- CPU-only build (MMHNET_BUILD_CUDA=0): ok in $(($(now) - t0)) s"
+    else
+      status="FAIL: no build"
+      note "- CPU-only build (MMHNET_BUILD_CUDA=0): FAILED too; the end of build.log:"
+      tail -15 "$OUT/build.log" | fenced >> "$TMPD/stage.md"
+    fi
+  fi
+  env_report >> "$TMPD/stage.md"
+  stage_end "$status"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 2. smoke
+# ---------------------------------------------------------------------------------------------
+stage_smoke() {
+  stage_begin smoke "$SMOKE_S" $((MIN_TESTS_S + BENCH_S))
+  : > "$OUT/smoke.log"
+  : > "$OUT/sanitizer.log"
+  # the cases' own budget ends before the stage's SIGTERM, so that the runner reports them
+  local budget=$((STAGE_BUDGET - 2 * GRACE_S)) rc status
+  [ $budget -lt 1 ] && budget=1
+  # shellcheck disable=SC2086 # SMOKE_ARGS is a list of words
+  run_until "$STAGE_END" TERM "$GRACE_S" env CUDA_LAUNCH_BLOCKING=1 "$PY" scripts/gpu_smoke.py \
+    --jobs "$CORES" --budget "$budget" --sanitizer-log "$OUT/sanitizer.log" $SMOKE_ARGS \
+    >> "$OUT/smoke.log" 2>&1
+  rc=$?
+  grep -E '^(PASS|FAIL|SKIP|TIMEOUT|smoke:) ' "$OUT/smoke.log" | sed 's/^/- /' >> "$TMPD/stage.md"
+  case $rc in
+    0) status=ok ;;
+    124) status="KILLED at the deadline"; note "- (stopped at the deadline; see smoke.log)" ;;
+    *) status="FAIL (exit $rc)"
+       # no closing line: the runner itself broke, and its traceback says why
+       grep -qE '^smoke: ' "$OUT/smoke.log" \
+         || tail -15 "$OUT/smoke.log" | fenced >> "$TMPD/stage.md" ;;
+  esac
+  stage_end "$status"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 3. GPU tests
+# ---------------------------------------------------------------------------------------------
+gpu_test_files() {   # scan files first (the slowest compiles), then the rest, CPU-only ones out
+  if [ -n "${GPU_CHECK_TEST_FILES:-}" ]; then
+    echo "$GPU_CHECK_TEST_FILES"
+    return
+  fi
+  local f pattern seen=" "
+  for f in tests/test_scan_*.py tests/test_*.py; do
+    [ -f "$f" ] || continue
+    case $seen in *" $f "*) continue ;; esac
+    for pattern in $CPU_ONLY_TESTS; do
+      # shellcheck disable=SC2254 # the patterns are globs
+      case ${f#tests/} in $pattern) continue 2 ;; esac
+    done
+    seen="$seen$f "
+  done
+  echo $seen
+}
+
+stage_tests() {
+  stage_begin tests "$TESTS_S" "$BENCH_S"
+  local files args rc status
+  read -r -a files <<< "$(gpu_test_files)"
+  args=(-p no:cacheprovider -rfE --durations=20 -k "$TEST_K")
+  if "$PY" -c "import xdist" 2>/dev/null; then
+    # --dist load spreads one file's tests over the workers too, and with them the compiles
+    # (loadfile would put all of test_scan_triton.py's on one worker)
+    args+=(-n "$WORKERS" --dist load)
+  else
+    note "- pytest-xdist not importable: one process"
+  fi
+  if "$PY" -c "import pytest_timeout" 2>/dev/null; then
+    args+=("--timeout=$TEST_TIMEOUT_S")
+  else
+    note "- pytest-timeout not importable: no per-test timeout"
+  fi
+  local shown
+  shown=$(printf ' %q' "${args[@]}" "${files[@]}")
+  note "- \`pytest$shown\`"
+  echo "\$ pytest$shown" > "$OUT/tests.txt"
+  run_until "$STAGE_END" INT "$TEST_GRACE_S" "$PY" -c "$PYTEST_MAIN" "${args[@]}" "${files[@]}" \
+    >> "$OUT/tests.txt" 2>&1
+  rc=$?
+  case $rc in
+    0) status=ok ;;
+    1) status=FAIL ;;
+    124) status="INTERRUPTED at the deadline" ;;
+    5) status="FAIL: no test selected" ;;
+    *) status="FAIL (pytest exit $rc)" ;;
+  esac
+  note "- result: $(grep -E '^=+ .*( in [0-9.]+s).* =+$' "$OUT/tests.txt" | tail -1 \
+    || echo 'no pytest summary line (see tests.txt)')"
+  grep -qE 'KeyboardInterrupt' "$OUT/tests.txt" && note "- pytest was interrupted (SIGINT)"
+  grep -E '^(FAILED|ERROR) ' "$OUT/tests.txt" | head -40 | sed 's/^/- /' >> "$TMPD/stage.md"
+  stage_end "$status"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 4. benchmarks
+# ---------------------------------------------------------------------------------------------
+find_wheelhouse() {
+  local d
+  for d in $WHEELHOUSES; do
+    [ -d "$d" ] && { (cd "$d" && pwd); return 0; }
+  done
+  return 1
+}
+
+# BASELINE_PATH[name]: what the baseline adds to PYTHONPATH ("" when it is installed already);
+# a baseline without an entry is not available.
+declare -A BASELINE_PATH
+prepare_baselines() {
+  local wheels file
+  if "$PY" -c "import mamba_ssm.ops.triton.ssd_combined" 2>/dev/null; then
+    BASELINE_PATH[mamba]=""
+    note "- mamba_ssm: installed already"
+  fi
+  if "$PY" -c "import fla.ops.simple_gla" 2>/dev/null; then
+    BASELINE_PATH[fla]=""
+    note "- fla: installed already"
+  fi
+  if ! wheels=$(find_wheelhouse); then
+    note "- no wheelhouse (looked in: $WHEELHOUSES): the tables go without the missing baselines"
+    return
+  fi
+  note "- wheelhouse: $wheels"
+  file=$(ls "$wheels"/mamba_ssm-*.tar.gz 2>/dev/null | tail -1)
+  if [ -z "${BASELINE_PATH[mamba]+set}" ] && [ -n "$file" ]; then
+    mkdir -p "$TMPD/mamba"
+    # the sdist on PYTHONPATH, never built: the bench uses only its Triton SSD
+    if tar xzf "$file" -C "$TMPD/mamba" 2>> "$TMPD/install.log"; then
+      BASELINE_PATH[mamba]=$(ls -d "$TMPD"/mamba/mamba_ssm-* | tail -1)
+      note "- mamba_ssm: $(basename "$file") unpacked onto PYTHONPATH"
+    else
+      note "- mamba_ssm: could not unpack $(basename "$file")"
+    fi
+  fi
+  file=$(ls "$wheels"/fla_core-*.whl 2>/dev/null | tail -1)
+  if [ -z "${BASELINE_PATH[fla]+set}" ] && [ -n "$file" ]; then
+    if "$PY" -m pip install -q --no-index --no-deps --target "$TMPD/fla" "$file" \
+        >> "$TMPD/install.log" 2>&1; then
+      BASELINE_PATH[fla]=$TMPD/fla
+      note "- fla: $(basename "$file") installed (--no-deps) onto PYTHONPATH"
+    else
+      note "- fla: installing $(basename "$file") FAILED: $(tail -1 "$TMPD/install.log")"
+    fi
+  fi
+}
+
+with_path() {   # with_path DIR CMD...: CMD with DIR (if any) first on PYTHONPATH
+  if [ -n "$1" ]; then
+    PYTHONPATH="$1${PYTHONPATH:+:$PYTHONPATH}" "${@:2}"
+  else
+    "${@:2}"
+  fi
+}
+
+# Each warm-up runs in parallel with the others, under its own deadline; a baseline that misses
+# it, or fails, is left out of the timed tables (its column says it is not importable).
+warm_up_all() {
+  local name deadline=$(($(now) + WARMUP_S)) t0 rc why last
+  [ $deadline -gt $((STAGE_END - MIN_TABLES_S)) ] && deadline=$((STAGE_END - MIN_TABLES_S))
+  for name in ours "${!BASELINE_PATH[@]}"; do
+    (
+      t0=$(now)
+      with_path "${BASELINE_PATH[$name]:-}" run_until "$deadline" TERM "$GRACE_S" \
+        "$PY" -m benchmarks.run --warmup "$name" > "$TMPD/warm_$name.log" 2>&1
+      echo "$? $(($(now) - t0))" > "$TMPD/warm_$name.rc"
+    ) &
+  done
+  wait
+  for name in ours "${!BASELINE_PATH[@]}"; do
+    read -r rc t0 < "$TMPD/warm_$name.rc"
+    if [ "$rc" -eq 0 ]; then
+      note "- warm-up $name: ok in $t0 s"
+      continue
+    fi
+    [ "$rc" -eq 124 ] && why="stopped at its deadline after $t0 s" || why="exit $rc"
+    last=$(tail -1 "$TMPD/warm_$name.log")
+    note "- warm-up $name: FAILED ($why)${last:+: $last}"
+    if [ "$name" = ours ]; then
+      continue
+    elif [ -n "${BASELINE_PATH[$name]}" ]; then
+      unset "BASELINE_PATH[$name]"
+      note "  $name is left out of the tables"
+    else
+      note "  $name is installed in the image: it stays in the tables"
+    fi
+  done
+}
+
+stage_bench() {
+  stage_begin bench "$BENCH_S" 0
+  : > "$OUT/bench.md"
+  prepare_baselines
+  warm_up_all
+  local name path="" rc status
+  for name in "${!BASELINE_PATH[@]}"; do
+    [ -n "${BASELINE_PATH[$name]}" ] && path="${BASELINE_PATH[$name]}${path:+:$path}"
+  done
+  # shellcheck disable=SC2086 # BENCH_SECTIONS is a list of words
+  with_path "$path" run_until "$STAGE_END" TERM "$GRACE_S" \
+    "$PY" -m benchmarks.run --only $BENCH_SECTIONS >> "$OUT/bench.md" 2> "$TMPD/bench.err"
+  rc=$?
+  case $rc in
+    0) status=ok ;;
+    124) status="STOPPED at the deadline (the tables that finished are kept)" ;;
+    *) status="FAIL (exit $rc)"
+       note "- the end of its error output:"
+       tail -15 "$TMPD/bench.err" | fenced >> "$TMPD/stage.md" ;;
+  esac
+  note ""
+  grep -qE '^\|' "$OUT/bench.md" || note "(no table finished)"
+  cat "$OUT/bench.md" >> "$TMPD/stage.md"
+  stage_end "$status"
+}
+
+# ---------------------------------------------------------------------------------------------
+{ echo "# GPU check"; echo; echo "Stages, deadlines, files: scripts/gpu_check.sh."; } > "$SUMMARY"
+: > "$TMPD/overview.md"
+stage_env_build
+stage_smoke
+stage_tests
+stage_bench
+{
+  echo
+  echo "## Overview ($(($(now) - START)) s of $TOTAL_S s)"
+  echo
+  echo "| stage | status | seconds | budget |"
+  echo "|---|---|---|---|"
+  cat "$TMPD/overview.md"
+} >> "$SUMMARY"
 echo
-grep -E "^(###|\|)" "$OUT/bench.txt" | head -60
-echo
-cat "$OUT/summary.txt"
+cat "$SUMMARY"
+rm -rf "$TMPD"
