@@ -1,7 +1,13 @@
-"""The ``mmhnet`` command line. Subcommands register themselves in ``COMMANDS``."""
+"""The ``mmhnet`` command line. Subcommands register themselves in ``COMMANDS``.
+
+Bad input never ends in a traceback: arguments are checked by argparse types, and every command
+checks its files and outputs before it works, reporting a problem as one ``error:`` line with
+exit status 2. Warnings are printed as one ``warning:`` line each.
+"""
 
 import argparse
 import sys
+import warnings
 
 
 def _info(args):
@@ -32,9 +38,15 @@ def build_parser():
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"mmhnet: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        return args.func(args)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ widths and depths. Depths count adaLN blocks (BiMamba2 + SwiGLU MLP) in each par
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
-__all__ = ["AudioFormat", "AUDIO_FORMATS", "ModelConfig", "PRESETS", "get_config",
-           "preset_names"]
+__all__ = ["AudioFormat", "AUDIO_FORMATS", "MIXER_MODES", "FIELD_BOUNDS", "ModelConfig",
+           "PRESETS", "get_config", "preset_names"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,18 @@ AUDIO_FORMATS = {
     "16k": AudioFormat("16k", 16000, 512, 20),      # 31.25 Hz
     "44k": AudioFormat("44k", 44100, 1024, 40),     # 43.07 Hz
 }
+
+MIXER_MODES = ("sum", "quasiseparable")    # BiMamba2's modes
+
+# Upper bounds of the config fields: far above every preset (L: d_model 896, 45 blocks), they
+# keep a config read from a file from asking for an absurd model; the CLI then checks the
+# memory the run needs against the machine (cli_memory.py).
+FIELD_BOUNDS = dict(
+    d_model=16384, encoder_depth=1024, multimodal_depth=1024, audio_depth=1024,
+    decoder_depth=1024, baseline_joint_depth=1024, baseline_fused_depth=1024, d_state=1024,
+    headdim=1024, ngroups=4096, expand=16, d_conv=64, d_intermediate=262144, num_heads=1024,
+    target_ratio=1e4, ratio_loss_weight=1e4, rope_base=1e12, visual_dim=65536, sync_dim=65536,
+    text_dim=65536, text_tokens=65536, visual_fps=1000, sync_per_visual=64)
 
 
 @dataclass(frozen=True)
@@ -77,15 +90,24 @@ class ModelConfig:
     sync_per_visual: int = 3
 
     def __post_init__(self):
+        self._check_types()
         if self.audio not in AUDIO_FORMATS:
             raise ValueError(f"audio must be one of {sorted(AUDIO_FORMATS)}, got {self.audio!r}")
-        for name in ("d_model", "d_state", "headdim", "ngroups", "expand", "d_conv", "num_heads"):
+        if self.mixer_mode not in MIXER_MODES:
+            raise ValueError(f"mixer_mode must be one of {MIXER_MODES}, got {self.mixer_mode!r}")
+        for name in ("d_model", "d_state", "headdim", "ngroups", "expand", "d_conv", "num_heads",
+                     "visual_dim", "sync_dim", "text_dim", "text_tokens", "visual_fps",
+                     "sync_per_visual"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("encoder_depth", "multimodal_depth", "audio_depth", "decoder_depth",
-                     "baseline_joint_depth", "baseline_fused_depth"):
+                     "baseline_joint_depth", "baseline_fused_depth", "d_intermediate"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name, bound in FIELD_BOUNDS.items():
+            if getattr(self, name) > bound:
+                raise ValueError(f"{name} must be at most {bound}, got {getattr(self, name)} "
+                                 f"(config bounds: mmhnet.model.config.FIELD_BOUNDS)")
         if (self.expand * self.d_model) % self.headdim:
             raise ValueError(f"expand * d_model ({self.expand * self.d_model}) must be a multiple "
                              f"of headdim ({self.headdim})")
@@ -94,6 +116,27 @@ class ModelConfig:
                              f"({2 * self.num_heads}) for the baseline's rotary embedding")
         if not self.target_ratio > 1:
             raise ValueError(f"target_ratio must be > 1, got {self.target_ratio}")
+        if not self.ratio_loss_weight >= 0:
+            raise ValueError(f"ratio_loss_weight must be >= 0, got {self.ratio_loss_weight}")
+        if not self.rope_base > 1:
+            raise ValueError(f"rope_base must be > 1, got {self.rope_base}")
+
+    def _check_types(self):
+        """Every field has its declared type (a config read from a checkpoint may not): str, int
+        (not bool), or a finite float (an int is accepted)."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type is str:
+                ok = isinstance(value, str)
+            elif field.type is int:
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            else:
+                ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                      and math.isfinite(value))
+            if not ok:
+                expected = "a finite number" if field.type is float else field.type.__name__
+                raise TypeError(f"config field {field.name} must be {expected}, got "
+                                f"{value!r} ({type(value).__name__})")
 
     @property
     def audio_format(self):
@@ -120,6 +163,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values):
+        if not isinstance(values, dict):
+            raise TypeError(f"a config must be a dict, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -12,7 +12,8 @@ import os
 
 import torch
 
-from .features import Conditions, FeatureError, frame_counts, load_feature_file
+from .features import (Conditions, FeatureError, finish_features, frame_counts,
+                       read_feature_file)
 from .synthetic import SyntheticTask
 
 __all__ = ["feature_paths", "FeatureFileSource", "SyntheticSource", "crop_clip"]
@@ -68,11 +69,13 @@ class FeatureFileSource:
         picks = torch.randint(len(self.paths), (batch_size,), generator=generator).tolist()
         clips = []
         for i in picks:
-            features, _ = load_feature_file(self.paths[i], self.config, need_latent=True)
+            features, _ = read_feature_file(self.paths[i], self.config, need_latent=True)
             try:
-                clips.append(crop_clip(features, self.config, self.clip_seconds, generator))
+                clip = crop_clip(features, self.config, self.clip_seconds, generator)
             except FeatureError as exc:
                 raise FeatureError(f"feature file {self.paths[i]}: {exc}") from None
+            # only the window is checked and converted: a long file is never copied whole
+            clips.append(finish_features(clip, self.paths[i]))
         stack = {k: torch.stack([c[k] for c in clips]) for k in clips[0]}
         return stack["latent"], Conditions(stack["visual"], stack["sync"], stack["text"])
 

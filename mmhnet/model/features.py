@@ -20,7 +20,8 @@ import torch
 
 __all__ = ["FeatureError", "Conditions", "FrameCounts", "frame_counts", "sync_index",
            "visual_index",
-           "validate_features", "validate_batch", "load_feature_file", "save_feature_file",
+           "validate_layout", "check_finite", "validate_features", "validate_batch",
+           "read_feature_file", "finish_features", "load_feature_file", "save_feature_file",
            "FEATURE_KEYS"]
 
 FEATURE_KEYS = ("visual", "sync", "text", "latent")
@@ -70,6 +71,8 @@ def frame_counts(config, seconds=None, *, visual_frames=None):
     if visual_frames is None:
         if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
             raise ValueError(f"seconds must be a positive number, got {seconds!r}")
+        if not math.isfinite(seconds * config.visual_fps):
+            raise ValueError(f"seconds must be a finite number of visual frames, got {seconds!r}")
         visual_frames = round(seconds * config.visual_fps)
         if visual_frames < 1:
             raise ValueError(f"{seconds} s is shorter than one visual frame "
@@ -135,13 +138,14 @@ def _check_durations(config, visual, sync, latent, where, batched):
     return counts
 
 
-def validate_features(features, config, *, need_latent=False, where="features: "):
-    """Check one clip's feature dict (unbatched tensors) against ``config``. Returns its
-    FrameCounts; raises FeatureError naming the field otherwise."""
+def validate_layout(features, config, *, need_latent=False, where="features: "):
+    """Check one clip's feature dict (unbatched tensors) against ``config``: keys, dtypes, shapes
+    and durations, reading no values (a file's declared length can be checked before anything
+    is computed on it). Returns its FrameCounts; raises FeatureError naming the field."""
     if not isinstance(features, dict):
         raise FeatureError(f"{where}expected a dict with keys {FEATURE_KEYS}, got "
                            f"{type(features).__name__}")
-    unknown = sorted(set(features) - set(FEATURE_KEYS))
+    unknown = sorted(set(features) - set(FEATURE_KEYS), key=repr)
     if unknown:
         raise FeatureError(f"{where}unknown keys {unknown}; a feature dict has exactly "
                            f"{FEATURE_KEYS} ('latent' optional for generation)")
@@ -156,10 +160,33 @@ def validate_features(features, config, *, need_latent=False, where="features: "
     latent = features.get("latent")
     if latent is not None:
         _check_tensor("latent", latent, (None, config.latent_dim), where)
-    for key in required:
-        if not torch.isfinite(features[key]).all():
-            raise FeatureError(f"{where}'{key}' has NaN or infinite values")
     return _check_durations(config, features["visual"], features["sync"], latent, where, False)
+
+
+def _all_finite(t, rows=1 << 16):
+    """torch.isfinite(t).all() for a 2-D tensor, reading each stored value once (a stride-0
+    axis repeats one row: only that row is read) and ``rows`` rows at a time, so a tensor
+    declaring millions of rows never needs a mask of its full size."""
+    for dim, stride in enumerate(t.stride()):
+        if stride == 0 and t.shape[dim] > 1:
+            t = t.narrow(dim, 0, 1)
+    return all(bool(torch.isfinite(part).all()) for part in t.split(rows))
+
+
+def check_finite(features, where="features: "):
+    """FeatureError naming the first field with NaN or infinite values."""
+    for key in FEATURE_KEYS:
+        if key in features and not _all_finite(features[key]):
+            raise FeatureError(f"{where}'{key}' has NaN or infinite values")
+
+
+def validate_features(features, config, *, need_latent=False, where="features: "):
+    """Check one clip's feature dict (unbatched tensors) against ``config``: validate_layout,
+    then every value finite. Returns its FrameCounts; raises FeatureError naming the field
+    otherwise."""
+    counts = validate_layout(features, config, need_latent=need_latent, where=where)
+    check_finite(features, where)
+    return counts
 
 
 def validate_batch(config, conditions, latent=None):
@@ -175,18 +202,36 @@ def validate_batch(config, conditions, latent=None):
     return _check_durations(config, conditions.visual, conditions.sync, latent, where, True)
 
 
-def load_feature_file(path, config, *, need_latent=False):
-    """Read and validate a feature file (module docstring). Returns (features dict,
-    FrameCounts); every error names the file and the field."""
+def read_feature_file(path, config, *, need_latent=False):
+    """Read a feature file and check its layout (validate_layout), not its values: (features
+    dict as stored, FrameCounts). The caller checks what the declared length costs, then calls
+    finish_features. Every error names the file and the field."""
     try:
         features = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FeatureError(f"feature file {path}: no such file") from None
+    except IsADirectoryError:
+        raise FeatureError(f"feature file {path} is a directory, not a file") from None
     except Exception as exc:  # torch.load raises many types for a malformed file
-        raise FeatureError(f"feature file {path}: cannot be read by torch.load ({exc})") from None
-    counts = validate_features(features, config, need_latent=need_latent,
-                               where=f"feature file {path}: ")
-    return {k: v.float() for k, v in features.items()}, counts
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise FeatureError(f"feature file {path}: cannot be read by torch.load ({reason})") \
+            from None
+    counts = validate_layout(features, config, need_latent=need_latent,
+                             where=f"feature file {path}: ")
+    return features, counts
+
+
+def finish_features(features, path):
+    """Check that every value of a read feature dict is finite; returns it as float32."""
+    check_finite(features, where=f"feature file {path}: ")
+    return {k: v.float() for k, v in features.items()}
+
+
+def load_feature_file(path, config, *, need_latent=False):
+    """Read and validate a feature file (module docstring). Returns (features dict,
+    FrameCounts); every error names the file and the field."""
+    features, counts = read_feature_file(path, config, need_latent=need_latent)
+    return finish_features(features, path), counts
 
 
 def save_feature_file(path, features, config):
