@@ -24,9 +24,11 @@
 #                            then the scan and precision tables
 # The stages add up to more than 540 s: the tests stage gives way so that the bench keeps its time.
 #
-# From the device tool (the checkout travels there, ../shared does not):
+# From the device tool (the checkout travels there; ../shared and .git do not):
 #   here, once:  rm -rf wheelhouse && cp -r ../shared/wheelhouse wheelhouse    (.gitignore'd)
-#   run(command="bash scripts/gpu_check.sh", carry=["wheelhouse"], timeout_s=560)
+#   run(command="MMHNET_COMMIT=<git rev-parse --short HEAD, run here> bash scripts/gpu_check.sh",
+#       carry=["wheelhouse"], timeout_s=560)
+# The reply's output_tail ends with summary.md; the six files come back under files_at.
 # A wheelhouse is looked for in ./wheelhouse, then ../shared/wheelhouse; without one the bench
 # runs without the baselines, and says so. Nothing else is needed beyond the repository.
 #
@@ -36,15 +38,14 @@
 #   sanitizer.log  compute-sanitizer's output   tests.txt   pytest's output
 #   bench.md       the benchmark tables as `python -m benchmarks.run` prints them
 #
-# Environment (seconds unless said): GPU_CHECK_TOTAL_S 540, GPU_CHECK_BUILD_S 120,
-# GPU_CHECK_SMOKE_S 60, GPU_CHECK_TESTS_S 240, GPU_CHECK_BENCH_S 150, GPU_CHECK_MIN_TESTS_S 60
-# (kept for the tests by the stages before them), GPU_CHECK_FALLBACK_S 40 (kept by the CUDA build
-# for the CPU-only one), GPU_CHECK_REPORT_S 15 (kept by the builds for the versions report),
-# GPU_CHECK_WARMUP_S 60 (each baseline's warm-up; GPU_CHECK_MIN_TABLES_S 30 stay for the timed
-# tables after it), GPU_CHECK_TEST_TIMEOUT_S
-# 120 (one test), GPU_CHECK_GRACE_S 10 (from SIGTERM to SIGKILL, inside each deadline),
-# GPU_CHECK_TEST_GRACE_S 25 (from the tests' SIGINT to SIGKILL);
-# GPU_CHECK_WORKERS (cores), GPU_CHECK_TEST_FILES, GPU_CHECK_TEST_K, GPU_CHECK_SMOKE_ARGS,
+# Environment, in seconds: GPU_CHECK_TOTAL_S 540; the stages' GPU_CHECK_BUILD_S 120,
+# GPU_CHECK_SMOKE_S 60, GPU_CHECK_TESTS_S 240, GPU_CHECK_BENCH_S 150; GPU_CHECK_MIN_TESTS_S 60
+# (the stages before the tests keep it for them); GPU_CHECK_FALLBACK_S 40 (the CUDA build keeps
+# it for the CPU-only one), GPU_CHECK_REPORT_S 15 (the builds keep it for the versions report);
+# GPU_CHECK_WARMUP_S 60 (the baselines' warm-ups), GPU_CHECK_MIN_TABLES_S 30 (kept after them for
+# the tables); GPU_CHECK_TEST_TIMEOUT_S 120 (one test); GPU_CHECK_GRACE_S 10 (SIGTERM to SIGKILL,
+# inside each deadline), GPU_CHECK_TEST_GRACE_S 25 (the tests' SIGINT to SIGKILL).
+# Others: GPU_CHECK_WORKERS (cores), GPU_CHECK_TEST_FILES, GPU_CHECK_TEST_K, GPU_CHECK_SMOKE_ARGS,
 # GPU_CHECK_BENCH_SECTIONS ("target scan precision"), GPU_CHECK_WHEELHOUSES (the folders looked
 # in), PYTHON (python3), MMHNET_CUDA_ARCHS, MMHNET_COMMIT (the commit, where .git is absent).
 # tests/test_gpu_check.py runs every stage on CPU with the GPU tools and heavy commands stubbed.
@@ -217,7 +218,7 @@ stage_smoke() {
   : > "$OUT/smoke.log"
   : > "$OUT/sanitizer.log"
   # the cases' own budget ends before the stage's SIGTERM, so that the runner reports them
-  local budget=$((STAGE_BUDGET - 2 * GRACE_S)) rc status
+  local budget=$((STAGE_BUDGET - GRACE_S - 3)) rc status
   [ $budget -lt 1 ] && budget=1
   # shellcheck disable=SC2086 # SMOKE_ARGS is a list of words
   run_until "$STAGE_END" TERM "$GRACE_S" env CUDA_LAUNCH_BLOCKING=1 "$PY" scripts/gpu_smoke.py \
