@@ -18,16 +18,18 @@ output y_pre, and writes dz = dy y_pre silu'(z) and dy_pre = dy silu(z) instead 
 import triton
 import triton.language as tl
 
-from .common import chunk_coords, chunk_seq_ids, load_dt_pair, load_rows, load_state, mm
+from .common import (chunk_coords, chunk_seq_ids, load_dt_pair, load_rows, load_state, mm,
+                     mm_tokens, seq_cumsum)
 
 
 @triton.jit
-def _direction_matrix(lam, seq, seq_prev, seq_next, i, IS_REV: tl.constexpr, QUASI: tl.constexpr):
-    """(Q, Q) decay matrix W[t, s] of one direction (0 where s does not reach t) and the (Q,)
-    weight of the state entering the chunk, for the outputs as computed by this kernel."""
-    L = tl.cumsum(lam, 0)
+def _direction_matrix(lam, seq, seq_last, seq_prev, seq_next, i, IS_REV: tl.constexpr,
+                      QUASI: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """(Q, Q) decay matrix W[t, s] of one direction (0 where s does not reach t), reach[t, s]
+    (whether it does), the (Q,) weight of the state entering the chunk, for the outputs as
+    computed by this kernel, and whether that state reaches token t (the sequence entering)."""
+    L, L_end = seq_cumsum(lam, seq, seq_last, i, HAS_SEQ)
     Lex = L - lam
-    L_end = tl.sum(lam, 0)
     t = i[:, None]
     s = i[None, :]
     same = seq[:, None] == seq[None, :]
@@ -39,7 +41,8 @@ def _direction_matrix(lam, seq, seq_prev, seq_next, i, IS_REV: tl.constexpr, QUA
             K_out = Lex
             reach = (s >= t) & same
         W = tl.exp(tl.where(reach, Lex[None, :] - K_out[:, None], float("-inf")))
-        w_in = tl.where(seq == seq_next, tl.exp(L_end - K_out), 0.0)
+        entering = seq == seq_next
+        w_in = tl.where(entering, tl.exp(L_end - K_out), 0.0)
     else:
         if QUASI:
             K_out = Lex
@@ -48,8 +51,16 @@ def _direction_matrix(lam, seq, seq_prev, seq_next, i, IS_REV: tl.constexpr, QUA
             K_out = L
             reach = (s <= t) & same
         W = tl.exp(tl.where(reach, K_out[:, None] - L[None, :], float("-inf")))
-        w_in = tl.where(seq == seq_prev, tl.exp(K_out), 0.0)
-    return W, w_in
+        entering = seq == seq_prev
+        w_in = tl.where(entering, tl.exp(K_out), 0.0)
+    return W, reach, w_in, entering
+
+
+@triton.jit
+def _state_term(Cm, w_in, entering, S_in, MM_DTYPE: tl.constexpr, PREC: tl.constexpr):
+    """(Q, P): w_in_t C_t . S_in on the rows the entering state reaches, 0 elsewhere (selected:
+    S_in holds the state of another sequence for those rows, maybe NaN)."""
+    return tl.where(entering[:, None], mm(Cm * w_in[:, None], tl.trans(S_in), MM_DTYPE, PREC), 0.0)
 
 
 @triton.jit
@@ -96,15 +107,20 @@ def chunk_scan_fwd_kernel(
                        L_row, pos, seq, seq_ptr, 0, HAS_SEQ)
         Bm = load_rows(Bf_ptr + b * s_bfb + row0 * s_bfl + g * s_bfg, s_bfl, s_bfn, i, offs_n, N,
                        L_row, pos, seq, seq_ptr, 0, HAS_SEQ)
-        W_f, win_f = _direction_matrix(dtp_f * A_f, seq, seq_prev, seq_next, i, False, False)
-        W_r, win_r = _direction_matrix(dtp_r * A_r, seq, seq_prev, seq_next, i, True, False)
+        W_f, reach_f, win_f, in_f = _direction_matrix(dtp_f * A_f, seq, seq_last, seq_prev,
+                                                      seq_next, i, False, False, HAS_SEQ)
+        W_r, reach_r, win_r, in_r = _direction_matrix(dtp_r * A_r, seq, seq_last, seq_prev,
+                                                      seq_next, i, True, False, HAS_SEQ)
         CB = mm(Cm, tl.trans(Bm), MM_DTYPE, PREC)
-        W = W_f * dtp_f[None, :] + W_r * dtp_r[None, :]
-        acc += mm(CB * W, x, MM_DTYPE, PREC)
+        # (where, not products with W = 0: dt' and C B^T of another sequence may be NaN)
+        reach = reach_f | reach_r
+        W = tl.where(reach_f, W_f * dtp_f[None, :], 0.0) + tl.where(reach_r, W_r * dtp_r[None, :],
+                                                                     0.0)
+        acc += mm_tokens(tl.where(reach, CB * W, 0.0), x, reach, MM_DTYPE, PREC)
         H_in = load_state(statef_ptr + state_off, offs_p, offs_n, P, N)
         R_in = load_state(stater_ptr + state_off, offs_p, offs_n, P, N)
-        acc += mm(Cm * win_f[:, None], tl.trans(H_in), MM_DTYPE, PREC)
-        acc += mm(Cm * win_r[:, None], tl.trans(R_in), MM_DTYPE, PREC)
+        acc += _state_term(Cm, win_f, in_f, H_in, MM_DTYPE, PREC)
+        acc += _state_term(Cm, win_r, in_r, R_in, MM_DTYPE, PREC)
     else:
         if HAS_F:
             A_f = tl.load(Af_ptr + h).to(tl.float32)
@@ -112,22 +128,26 @@ def chunk_scan_fwd_kernel(
                            N, L_row, pos, seq, seq_ptr, C_SHIFT_F, HAS_SEQ)
             Bm = load_rows(Bf_ptr + b * s_bfb + row0 * s_bfl + g * s_bfg, s_bfl, s_bfn, i, offs_n,
                            N, L_row, pos, seq, seq_ptr, 0, HAS_SEQ)
-            W_f, win_f = _direction_matrix(dtp_f * A_f, seq, seq_prev, seq_next, i, False, QUASI)
+            W_f, reach_f, win_f, in_f = _direction_matrix(dtp_f * A_f, seq, seq_last, seq_prev,
+                                                          seq_next, i, False, QUASI, HAS_SEQ)
             CB = mm(Cm, tl.trans(Bm), MM_DTYPE, PREC)
-            acc += mm(CB * (W_f * dtp_f[None, :]), x, MM_DTYPE, PREC)
+            acc += mm_tokens(tl.where(reach_f, CB * (W_f * dtp_f[None, :]), 0.0), x, reach_f,
+                             MM_DTYPE, PREC)
             H_in = load_state(statef_ptr + state_off, offs_p, offs_n, P, N)
-            acc += mm(Cm * win_f[:, None], tl.trans(H_in), MM_DTYPE, PREC)
+            acc += _state_term(Cm, win_f, in_f, H_in, MM_DTYPE, PREC)
         if HAS_R:
             A_r = tl.load(Ar_ptr + h).to(tl.float32)
             Cm = load_rows(Cr_ptr + b * s_crb + row0 * s_crl + g * s_crg, s_crl, s_crn, i, offs_n,
                            N, L_row, pos, seq, seq_ptr, C_SHIFT_R, HAS_SEQ)
             Bm = load_rows(Br_ptr + b * s_brb + row0 * s_brl + g * s_brg, s_brl, s_brn, i, offs_n,
                            N, L_row, pos, seq, seq_ptr, 0, HAS_SEQ)
-            W_r, win_r = _direction_matrix(dtp_r * A_r, seq, seq_prev, seq_next, i, True, QUASI)
+            W_r, reach_r, win_r, in_r = _direction_matrix(dtp_r * A_r, seq, seq_last, seq_prev,
+                                                          seq_next, i, True, QUASI, HAS_SEQ)
             CB = mm(Cm, tl.trans(Bm), MM_DTYPE, PREC)
-            acc += mm(CB * (W_r * dtp_r[None, :]), x, MM_DTYPE, PREC)
+            acc += mm_tokens(tl.where(reach_r, CB * (W_r * dtp_r[None, :]), 0.0), x, reach_r,
+                             MM_DTYPE, PREC)
             R_in = load_state(stater_ptr + state_off, offs_p, offs_n, P, N)
-            acc += mm(Cm * win_r[:, None], tl.trans(R_in), MM_DTYPE, PREC)
+            acc += _state_term(Cm, win_r, in_r, R_in, MM_DTYPE, PREC)
     if HAS_D:
         if D_PER_P:
             Dv = tl.load(D_ptr + h * P + offs_p, mask=offs_p < P, other=0.0).to(tl.float32)

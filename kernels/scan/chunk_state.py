@@ -10,34 +10,38 @@ For every (chunk, batch*head) program, with u a (Q, P) tile and v a (Q, N) tile:
     reverse-direction adjoint, passed rightwards S_r = sum_t exp(L_end - Lex_t) u_t (x) v_t
 
 Only tokens of the sequence that owns the chunk's edge (last token when passing rightwards,
-first token when passing leftwards) contribute. Each program also writes the carry factor of
-its chunk: exp(L_end) when the sequence entering from the neighbour runs through the whole
-chunk, else 0 (state_passing.py combines states with it).
+first token when passing leftwards) contribute: both operands are zeroed outside it, so a NaN of
+another sequence in the chunk stays out. Each program also writes the carry factor of its chunk:
+exp(L_end) when the sequence entering from the neighbour runs through the whole chunk, else
+RESET (state_passing.py combines states with it, selecting the local state at a RESET).
 """
 
 import triton
 import triton.language as tl
 
-from .common import chunk_coords, chunk_seq_ids, load_dt_pair, load_rows, mm
+from .common import chunk_coords, chunk_seq_ids, load_dt_pair, load_rows, mm, seq_cumsum
+from .state_passing import RESET
 
 
 @triton.jit
-def _local_state(u, v, lam, seq, seq_first, seq_last, seq_prev, seq_next,
-                 TO_RIGHT: tl.constexpr, K_EXCL: tl.constexpr, MM_DTYPE: tl.constexpr,
-                 PREC: tl.constexpr):
-    L = tl.cumsum(lam, 0)
+def _local_state(u, v, lam, seq, seq_first, seq_last, seq_prev, seq_next, i,
+                 TO_RIGHT: tl.constexpr, K_EXCL: tl.constexpr, HAS_SEQ: tl.constexpr,
+                 MM_DTYPE: tl.constexpr, PREC: tl.constexpr):
+    L, L_end = seq_cumsum(lam, seq, seq_last, i, HAS_SEQ)
     if K_EXCL:
         K = L - lam
     else:
         K = L
-    L_end = tl.sum(lam, 0)
     if TO_RIGHT:
-        w = tl.where(seq == seq_last, tl.exp(L_end - K), 0.0)
-        carry = tl.where(seq_prev == seq_last, tl.exp(L_end), 0.0)
+        own = seq == seq_last
+        w = tl.exp(L_end - K)
+        carry = tl.where(seq_prev == seq_last, tl.exp(L_end), RESET)
     else:
-        w = tl.where(seq == seq_first, tl.exp(K), 0.0)
-        carry = tl.where(seq_next == seq_first, tl.exp(L_end), 0.0)
-    state = mm(tl.trans(u * w[:, None]), v, MM_DTYPE, PREC)  # (P, N)
+        own = seq == seq_first
+        w = tl.exp(K)
+        carry = tl.where(seq_next == seq_first, tl.exp(L_end), RESET)
+    uw = tl.where(own[:, None], u * w[:, None], 0.0)
+    state = mm(tl.trans(uw), tl.where(own[:, None], v, 0.0), MM_DTYPE, PREC)  # (P, N)
     return state, carry
 
 
@@ -85,7 +89,7 @@ def chunk_state_kernel(
         else:
             uf = u_f * dtp_f[:, None]
         state, carry = _local_state(uf, v, dtp_f * A_f, seq, seq_first, seq_last, seq_prev,
-                                    seq_next, not ADJOINT, False, MM_DTYPE, PREC)
+                                    seq_next, i, not ADJOINT, False, HAS_SEQ, MM_DTYPE, PREC)
         tl.store(statef_ptr + state_off, state, mask=state_mask)
         tl.store(carryf_ptr + chunk_idx, carry)
     if HAS_R:
@@ -97,6 +101,6 @@ def chunk_state_kernel(
         else:
             ur = u_r * dtp_r[:, None]
         state, carry = _local_state(ur, v, dtp_r * A_r, seq, seq_first, seq_last, seq_prev,
-                                    seq_next, ADJOINT, True, MM_DTYPE, PREC)
+                                    seq_next, i, ADJOINT, True, HAS_SEQ, MM_DTYPE, PREC)
         tl.store(stater_ptr + state_off, state, mask=state_mask)
         tl.store(carryr_ptr + chunk_idx, carry)

@@ -3,14 +3,22 @@
 Notation (one head, one chunk of Q tokens, DESIGN.md Op 1):
     dt'_t  effective step (bias, softplus), 0 outside the row
     lam_t  = dt'_t A               log-decay of token t (<= 0)
-    L_t    = sum_{u<=t} lam_u      chunk-local inclusive cumulative log-decay
+    L_t    = sum_{u<=t} lam_u      chunk-local inclusive cumulative log-decay (restarted at
+                                   every sequence start, see seq_cumsum)
     Lex_t  = L_t - lam_t           chunk-local exclusive cumulative log-decay
-    L_end  = sum over the chunk
+    L_end  = sum over the chunk's last sequence (the whole chunk when one sequence fills it)
 Forward direction:  weight of token s in h_t is exp(L_t - L_s)       (s <= t)
 Reverse direction:  weight of token s in r_t is exp(Lex_s - Lex_t)   (s >= t)
 
 Sequences (cu_seqlens) are handled with per-token sequence ids ``seq``: two tokens interact only
 when their ids are equal; states entering a chunk belong to the token just outside it.
+
+NaN isolation (DESIGN.md): a NaN or inf of one sequence never reaches another's outputs or
+gradients. So nothing of another sequence is ever multiplied by a 0 weight (0 * NaN = NaN):
+weights are selected with where, operands of a product over the chunk's tokens are zeroed
+outside the tokens that may interact (mm_tokens), row-local products with a state from a
+neighbouring chunk are selected per row, and state passing selects the local state at a
+sequence start instead of multiplying the carry by 0.
 """
 
 import os
@@ -150,3 +158,34 @@ def load_state(ptr, offs_p, offs_n, P, N):
     """(BLOCK_P, BLOCK_N) tile of a contiguous (P, N) fp32 state."""
     return tl.load(ptr + offs_p[:, None] * N + offs_n[None, :],
                    mask=(offs_p[:, None] < P) & (offs_n[None, :] < N), other=0.0)
+
+
+@triton.jit
+def seq_cumsum(lam, seq, seq_last, i, HAS_SEQ: tl.constexpr):
+    """(L, L_end) of a chunk's log-decays lam (Q,): the inclusive cumulative sum restarted at
+    every sequence start, and the sum over the chunk's last sequence. Summed per sequence (a
+    masked sum, not differences of one cumsum over the chunk) so that a NaN or inf decay of one
+    sequence never enters another's."""
+    if HAS_SEQ:
+        reach = (i[None, :] <= i[:, None]) & (seq[None, :] == seq[:, None])
+        L = tl.sum(tl.where(reach, lam[None, :], 0.0), 1)
+        L_end = tl.sum(tl.where(seq == seq_last, lam, 0.0), 0)
+    else:
+        L = tl.cumsum(lam, 0)
+        L_end = tl.sum(lam, 0)
+    return L, L_end
+
+
+@triton.jit
+def mm_tokens(M, X, reach, MM_DTYPE: tl.constexpr, PREC: tl.constexpr):
+    """M @ X over the chunk's tokens: M (Q, Q) with M[t, s] = 0 wherever reach[t, s] is False
+    (the caller selects it so), X (Q, K) one row per token. A NaN or inf in X[s] reaches out[t]
+    only where reach[t, s], as in the sequential scan, never through 0 * NaN: non-finite values
+    enter the product as 0, and a tile holding any (a path only such tiles take) marks the
+    outputs they reach NaN."""
+    finite = tl.abs(X) < float("inf")  # False for NaN too
+    out = mm(M, tl.where(finite, X, 0.0), MM_DTYPE, PREC)
+    if tl.sum(tl.sum(tl.where(finite, 0, 1), 1), 0) > 0:
+        hits = mm(tl.where(reach, 1.0, 0.0), tl.where(finite, 0.0, 1.0), MM_DTYPE, PREC)
+        out = tl.where(hits > 0.0, float("nan"), out)
+    return out

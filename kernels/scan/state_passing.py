@@ -6,10 +6,15 @@ neighbour: from the left (TO_RIGHT) or from the right (TO_RIGHT=False, walking t
 right to left):
     in_0 = 0,  in_{c+1} = local_c + carry_c * in_c          (TO_RIGHT)
     in_last = 0,  in_{c-1} = local_c + carry_c * in_c       (leftwards)
+where carry_c = RESET (a sequence starts between the chunks) gives in = local_c: selected, not
+multiplied by a carry of 0, so a NaN state of one sequence never enters the next (a decay that
+underflows to 0 inside a sequence still multiplies, as the sequential scan does).
 """
 
 import triton
 import triton.language as tl
+
+RESET = tl.constexpr(-1.0)  # a carry no decay exp(L) can equal
 
 
 @triton.jit
@@ -31,6 +36,7 @@ def state_passing_kernel(states_ptr, carry_ptr, nchunks, PN, TO_RIGHT: tl.conste
     for _ in range(0, nchunks):
         local = tl.load(state_ptrs, mask=mask, other=0.0)
         tl.store(state_ptrs, running, mask=mask)
-        running = local + tl.load(carry_ptrs) * running
+        carry = tl.load(carry_ptrs)
+        running = tl.where(carry == RESET, local, local + carry * running)
         state_ptrs += step * PN
         carry_ptrs += step
