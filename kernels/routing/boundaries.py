@@ -8,6 +8,10 @@ Backward (clamp passes the gradient on [0, 1]; g_t = -dp_t / 2 where it does, el
     dq_t = g_t / nq_t * (k_{t-1} / nk_{t-1} - [|q_t| > eps] cos_t q_t / nq_t)
     dk_t = g_{t+1} / nk_t * (q_{t+1} / nq_{t+1} - [|k_t| > eps] cos_{t+1} k_t / nk_t)
 with nq = max(|q|, eps), nk = max(|k|, eps) (F.normalize's convention).
+
+NaN stays in its sequence: the clamp passes NaN (as torch.clamp does), and a pair that crosses a
+sequence start (or the ends) is selected away with where, never multiplied by 0, so a NaN row of
+the neighbouring sequence cannot reach a gradient.
 """
 
 import torch
@@ -50,7 +54,9 @@ def _boundaries_fwd_kernel(q_ptr, k_ptr, start_ptr, p_ptr, mask_ptr, T, D, eps,
     start = tl.load(start_ptr + t, mask=valid, other=1) != 0
     qq, kk, qk = _pair_stats(q_ptr, k_ptr, t, valid & (t > 0), T, D, BLOCK_T, BLOCK_D)
     cos = qk / (tl.maximum(tl.sqrt(qq), eps) * tl.maximum(tl.sqrt(kk), eps))
-    p = tl.minimum(tl.maximum((1.0 - cos) * 0.5, 0.0), 1.0)
+    v = (1.0 - cos) * 0.5
+    # clamp to [0, 1] by comparisons, which pass NaN (tl.minimum/maximum may drop it on a GPU)
+    p = tl.where(v < 0.0, 0.0, tl.where(v > 1.0, 1.0, v))
     p = tl.where(start, 1.0, p)
     tl.store(p_ptr + t, p, mask=valid)
     tl.store(mask_ptr + t, p > 0.5, mask=valid)
@@ -58,18 +64,18 @@ def _boundaries_fwd_kernel(q_ptr, k_ptr, start_ptr, p_ptr, mask_ptr, T, D, eps,
 
 @triton.jit
 def _pair_grad_coef(dp_ptr, start_ptr, t, qq, kk, qk, T, eps):
-    """For pairs (t, t-1): cos, g = dcos, the norms nq_t, nk_{t-1}, and |q_t| > eps."""
-    valid = (t < T) & (t >= 0)
-    start = tl.load(start_ptr + t, mask=valid, other=1) != 0
+    """For pairs (t, t-1): whether the pair exists (t - 1 in t's sequence), cos, g = dcos, the
+    norms nq_t, nk_{t-1}, and |q_t| > eps."""
+    valid = (t < T) & (t > 0)
+    pair = valid & (tl.load(start_ptr + t, mask=valid, other=1) == 0)
     dp = tl.load(dp_ptr + t, mask=valid, other=0.0).to(tl.float32)
     rq = tl.sqrt(qq)
     nq = tl.maximum(rq, eps)
     nk = tl.maximum(tl.sqrt(kk), eps)
     cos = qk / (nq * nk)
     v = (1.0 - cos) * 0.5
-    live = valid & (~start) & (v >= 0.0) & (v <= 1.0)
-    g = tl.where(live, -0.5 * dp, 0.0)
-    return cos, g, nq, nk, rq > eps
+    g = tl.where(pair & (v >= 0.0) & (v <= 1.0), -0.5 * dp, 0.0)
+    return pair, cos, g, nq, nk, rq > eps
 
 
 @triton.jit
@@ -81,8 +87,10 @@ def _boundaries_bwd_kernel(dp_ptr, q_ptr, k_ptr, start_ptr, dq_ptr, dk_ptr, T, D
     # pair (t, t-1) gives dq_t; pair (t+1, t) gives dk_t
     qq0, kk0, qk0 = _pair_stats(q_ptr, k_ptr, t, valid & (t > 0), T, D, BLOCK_T, BLOCK_D)
     qq1, kk1, qk1 = _pair_stats(q_ptr, k_ptr, nxt, nxt < T, T, D, BLOCK_T, BLOCK_D)
-    cos0, g0, nq0, nk0, q_big = _pair_grad_coef(dp_ptr, start_ptr, t, qq0, kk0, qk0, T, eps)
-    cos1, g1, nq1, nk1, _unused = _pair_grad_coef(dp_ptr, start_ptr, nxt, qq1, kk1, qk1, T, eps)
+    pair0, cos0, g0, nq0, nk0, q_big = _pair_grad_coef(dp_ptr, start_ptr, t, qq0, kk0, qk0, T,
+                                                       eps)
+    pair1, cos1, g1, nq1, nk1, _unused = _pair_grad_coef(dp_ptr, start_ptr, nxt, qq1, kk1, qk1, T,
+                                                         eps)
     k_big = tl.sqrt(kk1) > eps
     # dq_t = a0 k_{t-1} - b0 q_t ;  dk_t = a1 q_{t+1} - b1 k_t
     a0 = g0 / (nq0 * nk0)
@@ -99,8 +107,10 @@ def _boundaries_bwd_kernel(dp_ptr, q_ptr, k_ptr, start_ptr, dq_ptr, dk_ptr, T, D
                          mask=(valid & (t > 0))[:, None] & dm, other=0.0).to(tl.float32)
         q_next = tl.load(q_ptr + nxt[:, None] * D + d[None, :], mask=(nxt < T)[:, None] & dm,
                          other=0.0).to(tl.float32)
-        dq = a0[:, None] * k_prev - b0[:, None] * q
-        dk = a1[:, None] * q_next - b1[:, None] * k
+        # where, not a zero coefficient: the rows of a missing pair may hold another
+        # sequence's NaN (0 * NaN)
+        dq = tl.where(pair0[:, None], a0[:, None] * k_prev - b0[:, None] * q, 0.0)
+        dk = tl.where(pair1[:, None], a1[:, None] * q_next - b1[:, None] * k, 0.0)
         tl.store(dq_ptr + t[:, None] * D + d[None, :], dq.to(dq_ptr.dtype.element_ty), mask=row)
         tl.store(dk_ptr + t[:, None] * D + d[None, :], dk.to(dk_ptr.dtype.element_ty), mask=row)
 

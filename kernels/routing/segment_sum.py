@@ -10,6 +10,10 @@ sum instead: ``head[b]`` for the one continuing from the previous block (the who
 when the block lies inside one segment), ``tail[b]`` for the one continuing into the next.
 Pass 2, one program per block whose last segment continues: tail[b] + head[b+1] + ... up to the
 block where that segment ends, in block order.
+
+NaN and inf stay in their segment: the one-hot product would spread them to every segment of the
+block (0 * NaN), so it takes their rows as 0, and a block that holds any adds each segment's
+non-finite values back with where-reductions (a slow path only such blocks take).
 """
 
 import torch
@@ -27,6 +31,17 @@ BLOCK_T = 32
 def _seg(seg_ptr, j, N):
     """seg_id[j], or -1 outside [0, N)."""
     return tl.load(seg_ptr + j, mask=(j >= 0) & (j < N), other=-1)
+
+
+@triton.jit
+def _nonfinite_sums(x, finite, rank, k, n_seg):
+    """(BLOCK_T, BLOCK_D): row k = the sum of the non-finite values of the rows of segment rank
+    k (0 where there are none), by where-reductions, one segment at a time."""
+    out = tl.zeros(x.shape, tl.float32)
+    for r in range(0, n_seg):
+        col = tl.sum(tl.where((rank == r)[:, None] & ~finite, x, 0.0), 0)
+        out += tl.where(k[:, None] == r, col[None, :], 0.0)
+    return out
 
 
 @triton.jit
@@ -54,9 +69,12 @@ def _segment_sum_blocks_kernel(src_ptr, seg_ptr, order_ptr, out_ptr, head_ptr, t
     rank = tl.where(valid, rank, -1)
     k = tl.arange(0, BLOCK_T)
     onehot = (rank[None, :] == k[:, None]).to(tl.float32)  # (segment rank, row)
-    sums = tl.dot(onehot, x, input_precision="ieee")
+    finite = tl.abs(x) < float("inf")  # False for NaN too
+    sums = tl.dot(onehot, tl.where(finite, x, 0.0), input_precision="ieee")
     seg_of = tl.max(tl.where(rank[None, :] == k[:, None], seg[None, :], -1), 1)
     n_seg = tl.max(rank, 0) + 1
+    if tl.sum(tl.sum(tl.where(finite, 0, 1), 1), 0) > 0:
+        sums += _nonfinite_sums(x, finite, rank, k, n_seg)
     open_start = _seg(seg_ptr, first - 1, N) == _seg(seg_ptr, first, N)
     open_end = _seg(seg_ptr, last + 1, N) == _seg(seg_ptr, last, N)
     # (``!= 0`` keeps the block-and-scalar combinations boolean under the interpreter)

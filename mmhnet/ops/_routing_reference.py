@@ -64,10 +64,12 @@ def boundaries_backward(dp, q, k, cu, stats):
         cos = (qn[1:] * kn[:-1]).sum(-1)
         v = (1 - cos) / 2
         # clamp passes the gradient on [0, 1]; sequence starts are constants
-        live = (v >= 0) & (v <= 1) & ~ref.sequence_starts(cu, total, q.device)[1:]
-        dcos = torch.where(live, -dp[1:].to(cd) / 2, torch.zeros_like(v))
-        dqn[1:] = dcos[:, None] * kn[:-1]
-        dkn[:-1] = dcos[:, None] * qn[1:]
+        pair = ~ref.sequence_starts(cu, total, q.device)[1:]
+        dcos = torch.where((v >= 0) & (v <= 1) & pair, -dp[1:].to(cd) / 2, torch.zeros_like(v))
+        # a pair across a sequence start is selected away, not multiplied by 0: the other
+        # sequence's row may be NaN
+        dqn[1:] = torch.where(pair[:, None], dcos[:, None] * kn[:-1], 0.0)
+        dkn[:-1] = torch.where(pair[:, None], dcos[:, None] * qn[1:], 0.0)
     return _normalize_backward(qc, qn, nq, dqn), _normalize_backward(kc, kn, nk, dkn)
 
 
@@ -84,8 +86,8 @@ def compact_rows(x, mask, chunk_id, num_chunks):
 
 def expand_rows(src, chunk_id, mask):
     out = src.index_select(0, chunk_id.long())
-    if mask is not None:
-        out = out * mask[:, None].to(out.dtype)
+    if mask is not None:  # where, not a product: a NaN row stays in its row
+        out = torch.where(mask[:, None], out, torch.zeros_like(out))
     return out
 
 
