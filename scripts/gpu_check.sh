@@ -144,8 +144,13 @@ commit_id() {
 # ---------------------------------------------------------------------------------------------
 # 1. environment and build
 # ---------------------------------------------------------------------------------------------
-gpu_arch() {   # "90" for compute capability 9.0; empty without nvidia-smi
-  nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. '
+# "90" for compute capability 9.0; empty without a GPU (nvidia-smi then prints its error on
+# stdout, which must not become an arch)
+gpu_arch() {
+  local cap
+  cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1)
+  cap=${cap//[. ]/}
+  [[ $cap =~ ^[0-9]+[a-z]?$ ]] && echo "$cap"
 }
 
 build_package() {   # build_package 1|0 DEADLINE: pip's editable build, into build.log

@@ -5,10 +5,10 @@ The GPU is stubbed at the edges only: fake ``nvidia-smi`` and ``compute-sanitize
 PATH, and PYTHON pointing at a fake interpreter that answers the heavy commands (pip's build,
 the benchmark runner, and where a scenario asks, the smoke run and pytest) as the environment
 says, and hands every other command to the real Python. Two full runs of the script with small
-deadlines cover every stage's code paths:
+deadlines cover every stage's code paths (a third, all stubbed, its failure branches):
 
 * "fallbacks": the CUDA build fails (CPU-only build instead), no wheelhouse, the real smoke
-  runner (CPU, one case and memcheck under the fake compute-sanitizer), the real pytest on a
+  runner (CPU, memcheck: two cases under the fake compute-sanitizer), the real pytest on a
   planted test file whose hanging test meets the deadline's SIGINT (the script itself started
   with SIGINT ignored, as a shell without job control starts it), the benchmark runner stopped
   at the deadline after its first table;
@@ -85,10 +85,12 @@ if args[:2] == ["-m", "pip"]:
     if "--target" in args:                      # the fla wheel, installed without dependencies
         zipfile.ZipFile(args[-1]).extractall(args[args.index("--target") + 1])
         sys.exit(0)
-    if env.get("MMHNET_BUILD_CUDA") == "1" and listed("CUDA_BUILD", "fail"):
-        print("nvcc fatal   : Unsupported gpu architecture 'compute_90'")
+    build = "CUDA_BUILD" if env.get("MMHNET_BUILD_CUDA") == "1" else "CPU_BUILD"
+    if listed(build, "fail"):
+        print("nvcc fatal   : Unsupported gpu architecture 'compute_90'" if build == "CUDA_BUILD"
+              else "c++: fatal error: killed signal terminated program cc1plus")
         sys.exit(1)
-    if env.get("MMHNET_BUILD_CUDA") == "1" and listed("CUDA_BUILD", "hang"):
+    if listed(build, "hang"):
         hang()
     print("Successfully installed mmhnet-0.1.0")
     sys.exit(0)
@@ -97,24 +99,41 @@ if args[:2] == ["-m", "benchmarks.run"]:
         name = args[args.index("--warmup") + 1]
         if listed("WARMUP_HANG", name):
             hang()
+        if listed("WARMUP_FAIL", name):
+            print(f"warm-up {{name}}: not available: {{name}} not importable (ImportError)")
+            sys.exit(3)
         print(f"warm-up {{name}}: done")
         sys.exit(0)
     print("Machine: fake GPU; date 2026-12-07\n", flush=True)
     for section in args[args.index("--only") + 1:]:
         if listed("BENCH_HANG", section):
             hang()
+        if listed("BENCH_FAIL", section):
+            print("Traceback (most recent call last):\nRuntimeError: CUDA error: out of memory",
+                  file=sys.stderr)
+            sys.exit(1)
         print(f"### fake {{section}} table\n\n| tokens | ms |\n|---|---|\n| 9375 | 1.0 |\n",
               flush=True)
     sys.exit(0)
-if args[:1] == ["scripts/gpu_smoke.py"] and listed("SMOKE", "hang"):
-    print("smoke on cuda, seed 1, 8 cases", flush=True)
-    hang()
+if args[:1] == ["scripts/gpu_smoke.py"]:
+    if listed("SMOKE", "hang"):
+        print("smoke on cuda, seed 1, 8 cases", flush=True)
+        hang()
+    if listed("SMOKE", "crash"):
+        print("Traceback (most recent call last):\nImportError: libcuda.so.1: cannot open")
+        sys.exit(1)
 if args[:1] == ["-c"]:
     if args[1] in ("import xdist", "import pytest_timeout") and listed("PLUGINS", "yes"):
+        sys.exit(0)
+    if args[1].startswith(("import mamba_ssm", "import fla")) and listed("BASELINES", "image"):
         sys.exit(0)
     if "pytest.main" in args[1] and listed("PYTEST", "record"):
         print("==================== 3 passed, 2 deselected in 0.10s ====================")
         sys.exit(0)
+    if "pytest.main" in args[1] and listed("PYTEST", "fail"):
+        print("FAILED tests/test_scan_triton.py::test_largest_tiles_below_the_limit_run[float32]")
+        print("==================== 1 failed, 2 passed in 0.10s ====================")
+        sys.exit(1)
     if "native_module" in args[1] and listed("ENV", "fake"):
         print("- python 3.12 (fake), torch 2.11 (fake)")
         sys.exit(0)
@@ -122,6 +141,10 @@ os.execv(REAL, [REAL] + args)
 '''
 
 FAKE_NVIDIA_SMI = """#!/usr/bin/env bash
+if [ -n "${FAKE_NO_DRIVER:-}" ]; then
+  echo "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."
+  exit 9
+fi
 case "$*" in
   *name,driver_version*) echo "NVIDIA H100 80GB HBM3, 580.159.04, 81559 MiB, 9.0" ;;
   *compute_cap*) echo "9.0" ;;
@@ -243,10 +266,10 @@ def test_dry_run_fallbacks(tmp_path):
     bin_dir, python = _fake_bin(tmp_path, sanitizer=True)
     planted = _write(tmp_path / "planted" / "test_planted.py", PLANTED_TESTS)
     env = dict(GPU_CHECK_TOTAL_S="300", GPU_CHECK_BUILD_S="60", GPU_CHECK_SMOKE_S="150",
-               GPU_CHECK_TESTS_S="30", GPU_CHECK_TEST_GRACE_S="15", GPU_CHECK_MIN_TESTS_S="10",
+               GPU_CHECK_TESTS_S="26", GPU_CHECK_TEST_GRACE_S="15", GPU_CHECK_MIN_TESTS_S="10",
                GPU_CHECK_BENCH_S="8", GPU_CHECK_MIN_TABLES_S="3", GPU_CHECK_WARMUP_S="60",
                GPU_CHECK_TEST_FILES=str(planted), GPU_CHECK_WHEELHOUSES=str(tmp_path / "none"),
-               GPU_CHECK_SMOKE_ARGS="--device cpu --case scan-cpu-float32 --case memcheck",
+               GPU_CHECK_SMOKE_ARGS="--device cpu --case memcheck",
                FAKE_CUDA_BUILD="fail", FAKE_BENCH_HANG="scan")
     start = time.monotonic()
     proc, out, calls = _run_script(tmp_path, bin_dir, python, env, ignore_sigint=True)
@@ -265,9 +288,11 @@ def test_dry_run_fallbacks(tmp_path):
     assert smoke_calls and smoke_calls[0]["LAUNCH_BLOCKING"] == "1"
     section = _summary_section(summary, "smoke")
     assert "smoke: ok" in section, section
-    assert "- PASS scan-cpu-float32: max rel err" in section
     assert "- PASS memcheck: 0 errors" in section
-    assert "ERROR SUMMARY: 0 errors" in (out / "sanitizer.log").read_text()
+    sanitized = (out / "sanitizer.log").read_text()    # the cases run under the sanitizer
+    assert "PASS scan-cpu-float32: max rel err" in sanitized
+    assert "PASS routing-cpu: max rel err" in sanitized
+    assert "ERROR SUMMARY: 0 errors" in sanitized
 
     tests_txt = (out / "tests.txt").read_text()
     assert "short test summary info" in tests_txt and "KeyboardInterrupt" in tests_txt
@@ -286,7 +311,8 @@ def test_dry_run_fallbacks(tmp_path):
 
 
 def test_dry_run_hangs(tmp_path):
-    """Each hang is stopped at its stage's deadline and the later stages still run; pytest gets
+    """Each hang is stopped at its stage's deadline and the later stages still run (the CPU-only
+    build that follows the hung CUDA one fails too: the stages still run); pytest gets
     xdist and a per-test timeout when they are there, scan files first, CPU-only files out;
     a baseline whose warm-up misses its deadline is left off PYTHONPATH, the other stays."""
     bin_dir, python = _fake_bin(tmp_path, sanitizer=False)
@@ -297,7 +323,8 @@ def test_dry_run_hangs(tmp_path):
                GPU_CHECK_BENCH_S="20", GPU_CHECK_WARMUP_S="5", GPU_CHECK_MIN_TABLES_S="5",
                GPU_CHECK_TEST_GRACE_S="5", GPU_CHECK_TEST_TIMEOUT_S="77",
                GPU_CHECK_WHEELHOUSES=f"{tmp_path / 'none'} {wheels}",
-               MMHNET_COMMIT="abc1234", FAKE_CUDA_BUILD="hang", FAKE_SMOKE="hang",
+               MMHNET_COMMIT="abc1234", FAKE_CUDA_BUILD="hang", FAKE_CPU_BUILD="fail",
+               FAKE_SMOKE="hang",
                FAKE_PLUGINS="yes", FAKE_PYTEST="record", FAKE_ENV="fake", FAKE_WARMUP_HANG="fla")
     start = time.monotonic()
     proc, out, calls = _run_script(tmp_path, bin_dir, python, env)
@@ -308,7 +335,7 @@ def test_dry_run_hangs(tmp_path):
     build = _summary_section(summary, "env+build")
     assert "commit abc1234" in build and "compute-sanitizer: not found" in build
     assert "FAILED (stopped at its deadline" in build
-    assert "CUDA build failed; CPU-only build ok" in build
+    assert "env+build: FAIL: no build" in build and "cc1plus" in build
 
     assert "smoke: KILLED at the deadline" in summary
 
@@ -341,6 +368,44 @@ def test_dry_run_hangs(tmp_path):
     assert "bench: ok" in section
     tables = [line for line in section.splitlines() if line.startswith("### fake")]
     assert tables == ["### fake target table", "### fake scan table", "### fake precision table"]
+
+
+def test_dry_run_failures(tmp_path):
+    """The CUDA build passes (no GPU answered nvidia-smi: the default archs); the smoke runner
+    itself breaks (its output ends the section); failed tests are listed; baselines installed
+    in the image stay in the tables although a warm-up failed; a failed bench shows its error."""
+    bin_dir, python = _fake_bin(tmp_path, sanitizer=True)
+    env = dict(GPU_CHECK_TOTAL_S="100", GPU_CHECK_BUILD_S="20", GPU_CHECK_FALLBACK_S="5",
+               GPU_CHECK_REPORT_S="3", GPU_CHECK_SMOKE_S="10", GPU_CHECK_MIN_TESTS_S="5",
+               GPU_CHECK_TESTS_S="10", GPU_CHECK_TEST_GRACE_S="5", GPU_CHECK_BENCH_S="20",
+               GPU_CHECK_MIN_TABLES_S="5",
+               GPU_CHECK_WHEELHOUSES=str(tmp_path / "none"), FAKE_NO_DRIVER="1",
+               FAKE_SMOKE="crash", FAKE_PYTEST="fail", FAKE_ENV="fake", FAKE_BASELINES="image",
+               FAKE_WARMUP_FAIL="mamba", FAKE_BENCH_FAIL="scan")
+    proc, out, calls = _run_script(tmp_path, bin_dir, python, env)
+    assert proc.returncode == 0, proc.stderr
+    summary = _check_common(proc, out)
+
+    build = _summary_section(summary, "env+build")
+    assert "env+build: ok" in build and "CUDA build for sm_default: ok" in build
+    assert "couldn't communicate with the NVIDIA driver" in build
+    builds = [c for c in calls if c["argv"][:2] == ["-m", "pip"]]
+    assert [(c["BUILD_CUDA"], c["ARCHS"]) for c in builds] == [("1", None)]
+
+    smoke_section = _summary_section(summary, "smoke")
+    assert "smoke: FAIL (exit 1)" in smoke_section and "libcuda.so.1" in smoke_section
+
+    tests = _summary_section(summary, "tests")
+    assert "tests: FAIL" in tests and "1 failed, 2 passed" in tests
+    assert "- FAILED tests/test_scan_triton.py::test_largest_tiles_below_the_limit_run" in tests
+
+    bench = _summary_section(summary, "bench")
+    assert "mamba_ssm: installed already" in bench and "fla: installed already" in bench
+    assert "warm-up mamba: FAILED (exit 3): warm-up mamba: not available" in bench
+    assert "mamba is installed in the image: it stays in the tables" in bench
+    assert "warm-up fla: ok" in bench
+    assert "bench: FAIL (exit 1)" in bench and "CUDA error: out of memory" in bench
+    assert "### fake target table" in bench
 
 
 # ----------------------------------------------------------------------------------------------
