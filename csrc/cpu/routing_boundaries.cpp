@@ -7,6 +7,8 @@
 //   dk_t = g_{t+1} / (nk_t nq_{t+1}) q_{t+1} - [|k_t| > eps] g_{t+1} cos_{t+1} / nk_t^2 k_t
 // The forward keeps the statistics of every token, (|q_t|, |k_t|, q_t . k_{t-1}), 12 bytes a
 // token, so the backward reads q and k only to form the gradients, without reducing them again.
+// A pair across a sequence start (or past an end) gives no gradient term at all, rather than a 0
+// coefficient times the neighbouring sequence's row, which may be NaN (0 * NaN = NaN).
 #include <algorithm>
 #include <vector>
 
@@ -102,14 +104,15 @@ void backward(const compute_t<T>* dp, const T* q, const T* k, const int32_t* cu,
     using C = compute_t<T>;
     const std::vector<uint8_t> starts = start_flags(cu, nseq, total);
     const C eps = C(kEps);
-    // cos and g of the pair (t, t-1); 0 where the pair crosses a sequence start
+    // whether the pair (t, t-1) exists (t - 1 in t's sequence), and its cos and g (0 if not)
     auto pair = [&](int64_t t, const RowStats<T>& st, C rk_prev, C& cos, C& g) {
         cos = 0;
         g = 0;
-        if (t <= 0 || t >= total || starts[t]) return;
+        if (t <= 0 || t >= total || starts[t]) return false;
         cos = st.qk / (std::max(st.rq, eps) * std::max(rk_prev, eps));
         const C v = (1 - cos) / 2;
         if (v >= 0 && v <= 1) g = -dp[t] / 2;
+        return true;
     };
     const bool stream = streams(total * dim * static_cast<int64_t>(sizeof(T)));
     parallel_ranges(total, total * dim, [&](int64_t lo, int64_t hi) {
@@ -122,28 +125,29 @@ void backward(const compute_t<T>* dp, const T* q, const T* k, const int32_t* cu,
         for (int64_t t = lo; t < hi; ++t) {
             const RowStats<T> next = stats_of(t + 1);
             C cos0, g0, cos1, g1;
-            pair(t, cur, prev.rk, cos0, g0);
-            pair(t + 1, next, cur.rk, cos1, g1);
+            const bool has0 = pair(t, cur, prev.rk, cos0, g0);
+            const bool has1 = pair(t + 1, next, cur.rk, cos1, g1);
             const C nq = std::max(cur.rq, eps), nk = std::max(cur.rk, eps);
-            const C a0 = g0 / (nq * std::max(prev.rk, eps));
-            const C b0 = cur.rq > eps ? g0 * cos0 / (nq * nq) : C(0);
-            const C a1 = g1 / (nk * std::max(next.rq, eps));
-            const C b1 = cur.rk > eps ? g1 * cos1 / (nk * nk) : C(0);
             const T* qt = q + t * dim;
             const T* kt = k + t * dim;
-            // at the ends a0 (a1) is 0, so any row stands in for the missing neighbour
-            const T* kprev = t > 0 ? kt - dim : kt;
-            const T* qnext = t + 1 < total ? qt + dim : qt;
-            out_q.write(dq + t * dim, dim, [&](T* o, int64_t d0, int64_t m) {
+            // dq_t = a0 k_{t-1} - b0 q_t from the pair (t, t-1); dk_t = a1 q_{t+1} - b1 k_t
+            // from (t+1, t); exactly 0 where the pair does not exist
+            auto write_grad = [&](RowOutput<T>& out, T* dst, bool has, C a, C b, const T* other,
+                                  const T* own) {
+                out.write(dst, dim, [&](T* o, int64_t d0, int64_t m) {
+                    if (!has) {
+                        for (int64_t j = 0; j < m; ++j) store(o, j, C(0));
+                        return;
+                    }
 #pragma omp simd
-                for (int64_t j = 0; j < m; ++j)
-                    store(o, j, a0 * load(kprev, d0 + j) - b0 * load(qt, d0 + j));
-            });
-            out_k.write(dk + t * dim, dim, [&](T* o, int64_t d0, int64_t m) {
-#pragma omp simd
-                for (int64_t j = 0; j < m; ++j)
-                    store(o, j, a1 * load(qnext, d0 + j) - b1 * load(kt, d0 + j));
-            });
+                    for (int64_t j = 0; j < m; ++j)
+                        store(o, j, a * load(other, d0 + j) - b * load(own, d0 + j));
+                });
+            };
+            write_grad(out_q, dq + t * dim, has0, g0 / (nq * std::max(prev.rk, eps)),
+                       cur.rq > eps ? g0 * cos0 / (nq * nq) : C(0), has0 ? kt - dim : kt, qt);
+            write_grad(out_k, dk + t * dim, has1, g1 / (nk * std::max(next.rq, eps)),
+                       cur.rk > eps ? g1 * cos1 / (nk * nk) : C(0), has1 ? qt + dim : qt, kt);
             prev = cur;
             cur = next;
         }
