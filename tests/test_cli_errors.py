@@ -76,6 +76,8 @@ BAD_ARGS = {
     "generate --seconds -1": (_with(GENERATE, "--seconds", "-1"), "--seconds"),
     "generate --seconds nan": (_with(GENERATE, "--seconds", "nan"), "--seconds"),
     "generate --seconds inf": (_with(GENERATE, "--seconds", "inf"), "--seconds"),
+    "generate --seconds 1e300": (_with(GENERATE, "--seconds", "1e300"), "--seconds"),
+    "generate --seconds 0.01": (_with(GENERATE, "--seconds", "0.01"), "--seconds"),
     "generate --cfg-scale nan": (_with(GENERATE, "--cfg-scale", "nan"), "--cfg-scale"),
     "generate --cfg-scale inf": (_with(GENERATE, "--cfg-scale", "inf"), "--cfg-scale"),
     "generate --cfg-scale -1": (_with(GENERATE, "--cfg-scale", "-1"), "--cfg-scale"),
@@ -91,6 +93,8 @@ BAD_ARGS = {
     "train --clip-seconds -1": (_with(TRAIN, "--clip-seconds", "-1"), "--clip-seconds"),
     "train --clip-seconds nan": (_with(TRAIN, "--clip-seconds", "nan"), "--clip-seconds"),
     "train --clip-seconds inf": (_with(TRAIN, "--clip-seconds", "inf"), "--clip-seconds"),
+    "train --clip-seconds 1e300": (_with(TRAIN, "--clip-seconds", "1e300"), "--clip-seconds"),
+    "train --clip-seconds 0.01": (_with(TRAIN, "--clip-seconds", "0.01"), "--clip-seconds"),
     "train --lr 0": (_with(TRAIN, "--lr", "0"), "--lr"),
     "train --lr nan": (_with(TRAIN, "--lr", "nan"), "--lr"),
     "train --lr -1": (_with(TRAIN, "--lr", "-1"), "--lr"),
@@ -109,6 +113,7 @@ BAD_ARGS = {
     "profile --seconds 0": (_with(PROFILE, "--seconds", "0"), "--seconds"),
     "profile --seconds nan": (_with(PROFILE, "--seconds", "nan"), "--seconds"),
     "profile --seconds inf": (_with(PROFILE, "--seconds", "inf"), "--seconds"),
+    "profile --seconds 1e300": (_with(PROFILE, "--seconds", "1e300"), "--seconds"),
     "profile --batch 0": (_with(PROFILE, "--batch", "0"), "--batch"),
     "profile --steps 0": (_with(PROFILE, "--steps", "0"), "--steps"),
     "profile --memory-limit-gib 0": (_with(PROFILE, "--memory-limit-gib", "0"),
@@ -299,6 +304,46 @@ def test_bad_checkpoint_is_one_error_line(case, command, tmp_path, good_checkpoi
     assert not out.exists() and "wrote" not in stdout
 
 
+def _features(change):
+    def make(path):
+        feats = good_features(2)
+        change(feats)
+        torch.save(feats, path)
+    return make
+
+
+BAD_FEATURE_FILES = {
+    "empty": (lambda path: path.write_bytes(b""), "cannot be read"),
+    "truncated": (lambda path: (_features(lambda f: None)(path),
+                                path.write_bytes(path.read_bytes()[:500])), "cannot be read"),
+    "directory": (lambda path: path.mkdir(), "clip.pt"),   # train: a directory of no .pt files
+    "missing": (lambda path: None, "clip.pt"),
+    "malicious pickle": (lambda path: torch.save({"visual": _Evil()}, path), "cannot be read"),
+    "a list": (lambda path: torch.save([torch.ones(2)], path), "expected a dict"),
+    "NaN": (_features(lambda f: f["visual"].__setitem__((3, 5), float("nan"))), "NaN"),
+    "wrong width": (_features(lambda f: f.update(sync=torch.randn(48, 700))), "'sync'"),
+    "integer tensor": (_features(lambda f: f.update(text=torch.ones(77, 1024, dtype=torch.int64))),
+                       "floating-point"),
+}
+
+
+@pytest.mark.parametrize("command", ["generate", "train"])
+@pytest.mark.parametrize("case", list(BAD_FEATURE_FILES))
+def test_bad_feature_file_is_one_error_line(case, command, tmp_path, capsys):
+    make, words = BAD_FEATURE_FILES[case]
+    path = tmp_path / "clip.pt"
+    make(path)
+    out = tmp_path / "out.pt"
+    if command == "generate":
+        argv = ["generate", "--config", "tiny", "--features", path, "--steps", "1", "--out", out]
+    else:
+        argv = ["train", "--config", "tiny", "--features", path, "--steps", "1", *SMALL,
+                "--out", out]
+    rc, stdout, err = run(argv, capsys)
+    assert_clean_error(rc, err, words)
+    assert not out.exists() and "wrote" not in stdout
+
+
 def _zip_data_ranges(path):
     """(start, end) byte ranges of each stored entry's data in a torch zip file."""
     ranges = []
@@ -364,7 +409,6 @@ def _expanded_features(seconds):
 ABSURD = {
     "generate --seconds 1e5": _with(GENERATE, "--seconds", "1e5"),
     "generate --seconds 1e9": _with(GENERATE, "--seconds", "1e9"),
-    "generate --seconds 1e300": _with(GENERATE, "--seconds", "1e300"),
     "train --clip-seconds 1e5": _with(TRAIN, "--clip-seconds", "1e5"),
     "train --batch-size 1e6": _with(TRAIN, "--batch-size", "1000000", "--clip-seconds", "8"),
     "generate --config L --memory-limit-gib 1": _with(GENERATE, "--config", "L",

@@ -15,9 +15,11 @@ import tempfile
 import torch
 
 __all__ = ["CliError", "report_error", "positive_int", "nonnegative_int", "seed_int",
-           "positive_float", "nonnegative_float", "device_arg", "check_output_path"]
+           "positive_float", "nonnegative_float", "duration", "device_arg",
+           "check_output_path"]
 
 MAX_SEED = 2**32 - 1    # the training loop seeds torch.Generator with seed * 1000 + rank
+MAX_SECONDS = 1e12      # a duration past this is a typo; below it, the memory check decides
 
 
 class CliError(Exception):
@@ -76,6 +78,15 @@ def nonnegative_float(text):
     value = _number(text, float)
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def duration(text):
+    """argparse type: a clip duration in seconds, finite, > 0 and at most MAX_SECONDS (longer
+    ones that are still absurd are refused later, with the memory estimate)."""
+    value = positive_float(text)
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS:g} s, got {text!r}")
     return value
 
 

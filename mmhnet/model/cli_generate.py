@@ -16,7 +16,7 @@ import torch
 
 from .build import MODEL_KINDS, build_model
 from .checkpoint import CheckpointError, model_from_checkpoint, write_atomically
-from .cli_common import (CliError, check_output_path, device_arg, nonnegative_float,
+from .cli_common import (CliError, check_output_path, device_arg, duration, nonnegative_float,
                          positive_float, positive_int, report_error, seed_int)
 from .cli_memory import check_fits, format_gib, memory_limit, read_checkpoint_within, run_memory
 from .config import PRESETS
@@ -124,7 +124,7 @@ def add_generate_command(sub):
                    help="model kind for --config (default: mmhnet)")
     p.add_argument("--audio", choices=["16k", "44k"], help="audio format for --config "
                    "(default: the preset's)")
-    p.add_argument("--seconds", type=positive_float,
+    p.add_argument("--seconds", type=duration,
                    help="duration (required with --synthetic)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--features", help="a feature file (.pt, layout in docs/model.md)")

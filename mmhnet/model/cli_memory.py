@@ -6,11 +6,16 @@ length before anything is allocated, and the refusal of a run that would not fit
 
 The estimate is a count, not a measurement: weights (and for training their gradients and
 AdamW's two moments) from the parameter count on the meta device; the inputs (float32 features
-and latents, times the CFG passes); and activations of ``ACTIVATION_FLOATS`` floats of width
-d_model per audio frame and block, the blocks weighted by the tokens they see (docs/model.md,
-"Command line"). The coefficients are fitted to docs/profile.md's measured S runs with a margin:
-sampling 128 KiB per frame measured (estimate 140), training 930 KiB (MMHNet, estimate 1020)
-and 1442 KiB (baseline, estimate 1540).
+and latents, times the CFG passes); activations of ``SAMPLE_FLOATS`` / ``ACTIVATION_FLOATS``
+floats of width d_model per audio frame (and block, for training; the blocks weighted by the
+tokens they see), plus, for training, ``INPUT_ACTIVATIONS`` times the inputs (the conditioning
+layers keep copies of the wide features for backward); and ``RUNTIME_BYTES`` that a first run
+allocates once (thread pools, kernels). The coefficients are fitted with a margin to measured
+runs: docs/profile.md's config S (sampling 128 KiB per audio frame measured, estimate 140;
+training 930 KiB, MMHNet, estimate 1020; 1442 KiB, baseline, estimate 1540) and, for tiny, peak
+resident sets of ``mmhnet generate`` at 60 and 240 s (0.69 MiB per second of clip, estimate
+0.82) and ``mmhnet train`` on 4 clips of 8 and 32 s (6.2 MiB per second, estimate 6.4) on
+the development VM (AMD EPYC, AVX2, 2 vCPUs shared, 2026-12-07).
 """
 
 import os
@@ -22,7 +27,8 @@ from .build import MODEL_KINDS
 from .checkpoint import CheckpointError, read_checkpoint
 from .cli_common import CliError
 
-__all__ = ["SAMPLE_FLOATS", "ACTIVATION_FLOATS", "LIMIT_FRACTION", "MemoryEstimate",
+__all__ = ["SAMPLE_FLOATS", "ACTIVATION_FLOATS", "INPUT_ACTIVATIONS", "RUNTIME_BYTES",
+           "LIMIT_FRACTION", "MemoryEstimate",
            "model_parameters", "run_memory", "available_bytes", "memory_limit", "check_fits",
            "format_gib", "read_checkpoint_within"]
 
@@ -30,6 +36,8 @@ FLOAT_BYTES = 4
 SAMPLE_FLOATS = 40                                       # per audio frame, pass and d_model
 ACTIVATION_FLOATS = {"mmhnet": 28, "baseline": 36}       # per audio frame, block and d_model
 RECOMPUTE_FLOATS = 30   # with --recompute: each block keeps its input, plus one block's forward
+INPUT_ACTIVATIONS = 6   # training: activations kept per input float (the conditioning layers)
+RUNTIME_BYTES = 256 * 2**20   # allocated once by a first run: thread pools, kernels, caches
 UNTRAINED_CHUNKS_PER_FRAME = 0.5   # an untrained router cuts about every other frame
 LIMIT_FRACTION = 0.9    # default limit: this share of the memory available now
 
@@ -41,19 +49,23 @@ class MemoryEstimate:
     training_state: int    # gradients and AdamW moments (0 for sampling)
     inputs: int
     activations: int
+    runtime: int = RUNTIME_BYTES
 
     @property
     def total(self):
-        return self.weights + self.training_state + self.inputs + self.activations
+        return (self.weights + self.training_state + self.inputs + self.activations
+                + self.runtime)
 
     def describe(self):
         return (f"{format_gib(self.total)} (weights {format_gib(self.weights)}, gradients and "
                 f"optimizer {format_gib(self.training_state)}, inputs {format_gib(self.inputs)}, "
-                f"activations {format_gib(self.activations)})")
+                f"activations {format_gib(self.activations)}, runtime "
+                f"{format_gib(self.runtime)})")
 
 
 def format_gib(n):
-    return f"{n / 2**30:.3g} GiB"
+    """1.5 * 2**30 -> '1.5 GiB'; under 1 GiB in MiB."""
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.0f} MiB"
 
 
 def model_parameters(config, kind):
@@ -87,8 +99,8 @@ def run_memory(config, kind, counts, *, batch, training, passes=1, recompute=Fal
         blocks = _block_weight(config, kind, counts)
         per_frame = (2 * blocks + RECOMPUTE_FLOATS if recompute
                      else ACTIVATION_FLOATS[kind] * blocks)
-        activations = frames * config.d_model * per_frame
         inputs = batch * per_clip_inputs
+        activations = frames * config.d_model * per_frame + INPUT_ACTIVATIONS * inputs
     else:
         activations = passes * frames * config.d_model * SAMPLE_FLOATS
         inputs = passes * batch * per_clip_inputs

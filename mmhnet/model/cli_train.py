@@ -13,7 +13,7 @@ import torch
 
 from .build import MODEL_KINDS, build_model
 from .checkpoint import CheckpointError, model_from_checkpoint, model_kind
-from .cli_common import (CliError, check_output_path, device_arg, nonnegative_float,
+from .cli_common import (CliError, check_output_path, device_arg, duration, nonnegative_float,
                          nonnegative_int, positive_float, positive_int, report_error, seed_int)
 from .cli_memory import check_fits, memory_limit, read_checkpoint_within, run_memory
 from .config import PRESETS
@@ -130,7 +130,7 @@ def add_train_command(sub):
     p.add_argument("--steps", type=positive_int, default=1000,
                    help="total optimizer steps (with --resume: the total to reach)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="clips per process and step")
-    p.add_argument("--clip-seconds", type=positive_float, default=8.0,
+    p.add_argument("--clip-seconds", type=duration, default=8.0,
                    help="training clip length")
     p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.0)

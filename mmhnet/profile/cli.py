@@ -11,7 +11,7 @@ __all__ = ["add_parser"]
 
 def add_parser(subparsers):
     """Register the ``profile`` subcommand on an argparse subparsers object."""
-    from mmhnet.model.cli_common import device_arg, positive_float, positive_int
+    from mmhnet.model.cli_common import device_arg, duration, positive_float, positive_int
     from mmhnet.model.config import PRESETS
 
     from .workloads import MODEL_NAMES, MODES
@@ -21,7 +21,7 @@ def add_parser(subparsers):
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="S", choices=list(PRESETS),
                    help="model preset (tiny, S, M, L); default S")
-    p.add_argument("--seconds", type=positive_float, nargs="+", default=[8, 30, 60, 120, 300],
+    p.add_argument("--seconds", type=duration, nargs="+", default=[8, 30, 60, 120, 300],
                    help="clip durations in seconds (default 8 30 60 120 300)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=["sample_step"],
                    help="what to run: one sampling step, full sampling, a training step")
