@@ -412,6 +412,8 @@ def test_dry_run_failures(tmp_path):
 # the smoke script, in-process on CPU
 # ----------------------------------------------------------------------------------------------
 
+# Every line of the cases' code; the bfloat16 path through the cpu backend (Triton's bf16
+# precision is test_scan_triton.py's to judge, and under the interpreter it costs more time).
 SMOKE_CASES = ["scan-triton-float32", "scan-cpu-float32", "scan-cpu-bfloat16", "routing-triton",
                "routing-cpu"]
 
