@@ -185,10 +185,9 @@ def test_resume_past_the_requested_steps_is_an_error(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def good_checkpoint(tmp_path_factory):
+    """A checkpoint written by `mmhnet train` after 3 steps (optimizer and training state)."""
     path = tmp_path_factory.mktemp("ckpt") / "good.pt"
-    model = build_model("tiny")
-    optimizer = torch.optim.AdamW(model.parameters())
-    save_checkpoint(path, model, optimizer=optimizer, step=3)
+    assert main([*_with(TRAIN, "--steps", "3"), "--out", str(path)]) == 0
     return path
 
 
@@ -282,6 +281,10 @@ BAD_CHECKPOINTS = {
     "weight NaN": (_weight(_set_nan), "NaN or infinite"),
     "weight NaN, digest not updated": (_edit(lambda s: _set_nan(s["model"], sorted(s["model"])[0])),
                                        "digest mismatch"),
+    "train_state bad generator": (_edit(lambda s: s["train_state"]["generators"].__setitem__(
+        0, torch.zeros(3, dtype=torch.uint8)), digest=True), "bad 'train_state'"),
+    "train_state bad layout": (_edit(lambda s: s.update(train_state={"x": 1}), digest=True),
+                               "bad 'train_state'"),
     "digest wrong": (_edit(lambda s: s.update(digest="0" * 64)), "digest mismatch"),
     "digest an int": (_edit(lambda s: s.update(digest=0)), "'digest' must be a str"),
 }
@@ -358,8 +361,9 @@ def _zip_data_ranges(path):
 
 def test_flipped_bytes_are_refused_never_loaded(tmp_path, good_checkpoint):
     """One byte flipped at about 60 places (mid-entry of 32 stored tensors and records, spread
-    over the file, the zip directory at its end): each file is refused with a CheckpointError, or, where the byte is one the reader never
-    uses (zip padding, a CRC), loads bitwise equal to the original."""
+    over the file, the zip directory at its end): each file is refused with a CheckpointError,
+    or, where the byte is one the reader never uses (zip padding, a CRC), loads bitwise equal
+    to the original."""
     data = bytearray(good_checkpoint.read_bytes())
     original = load_checkpoint(good_checkpoint).model.state_dict()
     entries = [r for r in _zip_data_ranges(good_checkpoint) if r[1] > r[0]]

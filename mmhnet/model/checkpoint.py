@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import os
 import pickle
+import random
 import signal
 import tempfile
 import threading
@@ -35,7 +36,7 @@ from .config import ModelConfig
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "Checkpoint", "save_checkpoint",
            "load_checkpoint", "read_checkpoint", "model_from_checkpoint", "state_digest",
-           "write_atomically", "model_kind", "nonfinite_tensors"]
+           "write_atomically", "model_kind", "nonfinite_tensors", "as_tuples"]
 
 CHECKPOINT_FORMAT = "mmhnet-checkpoint-2"
 OLD_FORMAT = "mmhnet-checkpoint-1"      # no digest and no train_state: read with a warning
@@ -277,6 +278,31 @@ def _check_entries(path, state):
     return fmt
 
 
+def as_tuples(obj):
+    """A serialised Python random state with its lists made tuples again (random.setstate)."""
+    return tuple(as_tuples(x) for x in obj) if isinstance(obj, (list, tuple)) else obj
+
+
+def _check_train_state(path, train_state):
+    """The training state (train.capture_train_state) can be restored: each state is tried on
+    a throwaway generator, so a bad one is an error here, not a crash in the middle of train."""
+    where = f"checkpoint {path}: bad 'train_state'"
+    if set(train_state) != {"generators", "global"}:
+        raise CheckpointError(f"{where}: keys {sorted(train_state, key=repr)}, expected "
+                              "['generators', 'global']")
+    generators, global_state = train_state["generators"], train_state["global"]
+    if not isinstance(generators, (list, tuple)) or not generators \
+            or not isinstance(global_state, dict) \
+            or set(global_state) != {"torch", "python", "numpy", "cuda"}:
+        raise CheckpointError(f"{where}: not the layout train.capture_train_state writes")
+    try:
+        for state in [*generators, global_state["torch"]]:
+            torch.Generator().set_state(state)
+        random.Random().setstate(as_tuples(global_state["python"]))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{where}: {_first_line(exc)}") from None
+
+
 def read_checkpoint(path):
     """Read and check a checkpoint without building its model: (state dict, ModelConfig).
     Raises CheckpointError (FileNotFoundError for a missing file)."""
@@ -298,6 +324,8 @@ def read_checkpoint(path):
     if bad:
         raise CheckpointError(f"checkpoint {path}: the weights {bad[:3]} have NaN or infinite "
                               "values")
+    if state.get("train_state") is not None:
+        _check_train_state(path, state["train_state"])
     return state, config
 
 

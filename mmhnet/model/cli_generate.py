@@ -72,7 +72,8 @@ def _conditions(args, config, features):
         return Conditions(features["visual"][None], features["sync"][None],
                           features["text"][None])
     generator = torch.Generator().manual_seed(args.seed)
-    return SyntheticTask(config, seed=args.seed).sample(args.seconds, generator=generator).conditions
+    task = SyntheticTask(config, seed=args.seed)
+    return task.sample(args.seconds, generator=generator).conditions
 
 
 def _model(args, kind, config, state):

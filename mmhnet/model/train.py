@@ -26,7 +26,7 @@ from typing import Callable, List, Optional
 import torch
 import torch.distributed as dist
 
-from .checkpoint import save_checkpoint
+from .checkpoint import as_tuples, save_checkpoint
 from .distributed import DistInfo
 from .flow import flow_matching_loss
 
@@ -116,7 +116,7 @@ def _global_rng_state():
 def restore_global_rng(state):
     """Restore the global random states of capture_train_state's ``global`` entry."""
     torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuples(state["python"]))
+    random.setstate(as_tuples(state["python"]))
     np_random = _numpy_random()
     if state["numpy"] is not None and np_random is not None:
         name, keys, pos, has_gauss, gauss = state["numpy"]
@@ -124,11 +124,6 @@ def restore_global_rng(state):
     if state["cuda"] is not None and torch.cuda.is_available() \
             and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuples(obj):
-    """random.setstate wants tuples where a serialised state may hold lists."""
-    return tuple(_as_tuples(x) for x in obj) if isinstance(obj, (list, tuple)) else obj
 
 
 def capture_train_state(generator, dist_info):

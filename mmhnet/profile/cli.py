@@ -31,7 +31,8 @@ def add_parser(subparsers):
     p.add_argument("--steps", type=positive_int, default=25, help="Euler steps of full sampling")
     p.add_argument("--checkpointing", action="store_true",
                    help="recompute every block in the backward pass of training")
-    p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--device", type=device_arg, default=None,
+                   help="cpu or cuda (default: cuda if available)")
     p.add_argument("--memory-limit-gib", type=positive_float, default=None,
                    help="refuse points whose estimated peak exceeds this (default: 90%% of the "
                         "memory available when each point starts)")
