@@ -293,8 +293,12 @@ def _check_train_state(path, train_state):
     generators, global_state = train_state["generators"], train_state["global"]
     if not isinstance(generators, (list, tuple)) or not generators \
             or not isinstance(global_state, dict) \
-            or set(global_state) != {"torch", "python", "numpy", "cuda"}:
+            or set(global_state) != {"torch", "python", "cuda"}:
         raise CheckpointError(f"{where}: not the layout train.capture_train_state writes")
+    cuda = global_state["cuda"]
+    if cuda is not None and not (isinstance(cuda, (list, tuple)) and all(
+            isinstance(s, torch.Tensor) and s.dtype == torch.uint8 for s in cuda)):
+        raise CheckpointError(f"{where}: the CUDA states must be uint8 tensors")
     try:
         for state in [*generators, global_state["torch"]]:
             torch.Generator().set_state(state)

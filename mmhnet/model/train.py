@@ -10,15 +10,15 @@ seed * 1000 + rank) and the gradients are averaged by DistributedDataParallel.
 
 A resume is exact: every checkpoint holds the training state (``capture_train_state``): each
 process's data generator, which draws the batches, the crops and the flow-matching noise (so
-it is also the position in the data), and the global torch, CUDA, Python and NumPy random
-states. ``train`` restores them, so 2 + 2 steps give the same weights as 4, bit for bit on CPU.
+it is also the position in the data), and the global torch, CUDA and Python random states
+(NumPy is not used). ``train`` restores them, so 2 + 2 steps give the same weights as 4, bit
+for bit on CPU.
 
 A step whose loss or gradient norm is NaN or infinite raises TrainingDiverged naming the step,
 before the optimizer applies it: the weights stay finite and no checkpoint is written.
 """
 
 import random
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional
@@ -95,32 +95,20 @@ def _learning_rate(settings, step):
     return settings.lr
 
 
-def _numpy_random():
-    """numpy.random if NumPy is already imported (the loop itself does not use it)."""
-    numpy = sys.modules.get("numpy")
-    return getattr(numpy, "random", None)
-
-
 def _global_rng_state():
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": None,
-             "cuda": None}
-    np_random = _numpy_random()
-    if np_random is not None:
-        name, keys, pos, has_gauss, gauss = np_random.get_state()
-        state["numpy"] = (name, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss)
+    """The global random states: torch's CPU generator, Python's, and CUDA's when it has been
+    initialised (NumPy's is not kept: nothing in the loop draws from it)."""
+    cuda = None
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        cuda = torch.cuda.get_rng_state_all()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "cuda": cuda}
 
 
 def restore_global_rng(state):
-    """Restore the global random states of capture_train_state's ``global`` entry."""
+    """Restore the global random states of capture_train_state's ``global`` entry (CUDA's only
+    on a machine with as many devices)."""
     torch.set_rng_state(state["torch"])
     random.setstate(as_tuples(state["python"]))
-    np_random = _numpy_random()
-    if state["numpy"] is not None and np_random is not None:
-        name, keys, pos, has_gauss, gauss = state["numpy"]
-        np_random.set_state((name, keys.numpy().astype("uint32"), pos, has_gauss, gauss))
     if state["cuda"] is not None and torch.cuda.is_available() \
             and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
