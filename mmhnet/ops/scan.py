@@ -12,14 +12,19 @@ import importlib
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from . import _scan_reference
 from ._backend import resolve_backend
 from ._checks import (check_choice, check_cu_seqlens_meta, check_cu_seqlens_values, check_flag,
                       check_same_device, check_tensor, check_token_count, offsets_int32)
 from ._scan_args import BOTH, FORWARD, MODES, REVERSE, ScanArgs, ScanGrads
+from ._scan_states import (NO_DT_LIMIT, check_chunk_size, check_dt_limit, check_seq_idx,
+                           check_state, direction_terms, effective_dt, seq_idx_to_cu_seqlens,
+                           unpack_pair)
+from .reference import compute_dtype
 
-__all__ = ["selective_scan", "bi_selective_scan", "ScanArgs", "ScanGrads"]
+__all__ = ["selective_scan", "bi_selective_scan", "seq_idx_to_cu_seqlens", "ScanArgs", "ScanGrads"]
 
 # The native symbol a backend module must export to serve the scans.
 NATIVE_SYMBOL = "bi_scan_fwd"
@@ -78,8 +83,10 @@ def _check_scan_args(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, rev=None):
 # public ops
 # ----------------------------------------------------------------------------------------------
 
-def selective_scan(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False,
-                   reverse=False, cu_seqlens=None, backend=None):
+def selective_scan(x, dt, A, B, C, chunk_size=None, *, D=None, z=None, dt_bias=None,
+                   dt_softplus=False, reverse=False, cu_seqlens=None, seq_idx=None,
+                   initial_states=None, return_final_states=False, dt_limit=NO_DT_LIMIT,
+                   backend=None):
     """One-direction selective scan (Mamba-2 SSD recurrence).
 
     x (batch, seqlen, nheads, headdim); dt (batch, seqlen, nheads); A (nheads,), negative;
@@ -88,18 +95,35 @@ def selective_scan(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=
 
     h_t = exp(dt'_t A) h_{t-1} + dt'_t B_t (x) x_t (or right to left when ``reverse``),
     y_t = C_t . h_t + D x_t, then y * silu(z). Returns a tensor like x.
+
+    mamba_ssm's keywords (``mamba_chunk_scan_combined``), with its meanings:
+    chunk_size: a tuning hint (positive int), ignored: the backends choose their chunking.
+    seq_idx (batch, seqlen) int, non-decreasing along each row: tokens with different values
+    (or in different rows) never interact; an alternative to cu_seqlens (one host sync).
+    dt_limit (min, max): dt' = softplus(dt + dt_bias) clamped to [min, max].
+    initial_states None | (nseq, nheads, headdim, dstate): the state before the first token
+    (the last when ``reverse``) of each sequence (nseq = batch, or one per packed sequence).
+    return_final_states: return (y, final_states), the state after each sequence's last
+    token (first when ``reverse``), float32 (float64 for float64 inputs), like initial_states.
     """
     _check_scan_args(x, dt, A, B, C, D, z, dt_bias, cu_seqlens)
+    limit, want_final = _check_mamba_keywords(x, chunk_size, cu_seqlens, seq_idx, dt_limit,
+                                              return_final_states)
+    if initial_states is not None and not isinstance(initial_states, torch.Tensor):
+        raise TypeError(f"initial_states must be a torch.Tensor or None, got "
+                        f"{type(initial_states).__name__}")
     be = resolve_backend(backend, x.device, "selective_scan", NATIVE_SYMBOL)
-    return _run(be, ScanArgs(x, dt, A, B, C, D, z, dt_bias, None, None, None, None,
-                             offsets_int32(cu_seqlens, x.shape[1]),
-                             check_flag("dt_softplus", dt_softplus),
-                             REVERSE if check_flag("reverse", reverse) else FORWARD, False))
+    args = ScanArgs(x, dt, A, B, C, D, z, dt_bias, None, None, None, None, cu_seqlens,
+                    check_flag("dt_softplus", dt_softplus),
+                    REVERSE if check_flag("reverse", reverse) else FORWARD, False)
+    y, finals = _scan(be, args, seq_idx, {"initial_states": initial_states}, want_final, limit)
+    return (y, finals[0]) if want_final else y
 
 
-def bi_selective_scan(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False,
-                      dt_rev=None, A_rev=None, B_rev=None, C_rev=None, mode="sum",
-                      cu_seqlens=None, backend=None):
+def bi_selective_scan(x, dt, A, B, C, chunk_size=None, *, D=None, z=None, dt_bias=None,
+                      dt_softplus=False, dt_rev=None, A_rev=None, B_rev=None, C_rev=None,
+                      mode="sum", cu_seqlens=None, seq_idx=None, initial_states=None,
+                      return_final_states=False, dt_limit=NO_DT_LIMIT, backend=None):
     """Fused bidirectional selective scan: both directions from one pass over the inputs.
 
     Shapes as ``selective_scan``; dt_rev, A_rev, B_rev, C_rev (shaped like dt, A, B, C) drive
@@ -107,14 +131,113 @@ def bi_selective_scan(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softpl
     mode="sum":            y_t = yf_t + yr_t + D x_t
     mode="quasiseparable": y_t = yf_{t-1} + yr_{t+1} + D x_t   (Hydra; zero across boundaries)
     then y * silu(z) if z is given. Returns a tensor like x.
+
+    chunk_size, seq_idx, dt_limit as ``selective_scan``. initial_states: None or a pair
+    (h0_fwd, h0_rev), either None, each (nseq, nheads, headdim, dstate): h0_fwd enters each
+    sequence at its first token, h0_rev at its last. return_final_states: return
+    (y, (hT_fwd, hT_rev)), the forward state after each sequence's last token and the reverse
+    state after its first.
     """
     check_choice("mode", mode, MODES)
     _check_scan_args(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, rev=(dt_rev, A_rev, B_rev, C_rev))
+    limit, want_final = _check_mamba_keywords(x, chunk_size, cu_seqlens, seq_idx, dt_limit,
+                                              return_final_states)
+    h0_fwd, h0_rev = unpack_pair(initial_states)
     be = resolve_backend(backend, x.device, "bi_selective_scan", NATIVE_SYMBOL)
-    return _run(be, ScanArgs(x, dt, A, B, C, D, z, dt_bias, dt_rev, A_rev, B_rev, C_rev,
-                             offsets_int32(cu_seqlens, x.shape[1]),
-                             check_flag("dt_softplus", dt_softplus), BOTH,
-                             mode == "quasiseparable"))
+    args = ScanArgs(x, dt, A, B, C, D, z, dt_bias, dt_rev, A_rev, B_rev, C_rev, cu_seqlens,
+                    check_flag("dt_softplus", dt_softplus), BOTH, mode == "quasiseparable")
+    y, finals = _scan(be, args, seq_idx, {"initial_states[0] (h0_fwd)": h0_fwd,
+                                          "initial_states[1] (h0_rev)": h0_rev}, want_final, limit)
+    return (y, tuple(finals)) if want_final else y
+
+
+# ----------------------------------------------------------------------------------------------
+# mamba_ssm's keywords: seq_idx, dt_limit, initial and final states (plain torch around the op)
+# ----------------------------------------------------------------------------------------------
+
+def _check_mamba_keywords(x, chunk_size, cu_seqlens, seq_idx, dt_limit, return_final_states):
+    """Metadata checks of the keywords; returns (dt limit or None, return_final_states)."""
+    check_chunk_size(chunk_size)
+    check_seq_idx(seq_idx, x.shape[0], x.shape[1], cu_seqlens)
+    if seq_idx is not None:
+        check_same_device([("x", x), ("seq_idx", seq_idx)])
+    return check_dt_limit(dt_limit), check_flag("return_final_states", return_final_states)
+
+
+# per-token inputs of ScanArgs, reshaped when seq_idx packs the rows
+_TOKEN_FIELDS = ("x", "dt", "B", "C", "z", "dt_rev", "B_rev", "C_rev")
+
+
+def _pack_rows(args, cu_seqlens):
+    """(batch, seqlen, ...) inputs as one packed row (1, batch * seqlen, ...), keeping a reverse
+    input that is the forward tensor itself the same object."""
+    packed = {}
+    for name in _TOKEN_FIELDS:
+        t = getattr(args, name)
+        if t is not None and id(t) not in packed:
+            packed[id(t)] = t.reshape(1, t.shape[0] * t.shape[1], *t.shape[2:])
+    return args._replace(cu_seqlens=cu_seqlens, **{
+        name: packed[id(getattr(args, name))] for name in _TOKEN_FIELDS
+        if getattr(args, name) is not None})
+
+
+def _scan(backend, args, seq_idx, states, want_final, limit):
+    """Run the scan with mamba_ssm's keywords resolved. states: {argument name: initial state
+    or None}, one per direction. Returns (y, list of final states or None)."""
+    batch, seqlen = args.x.shape[:2]
+    if seq_idx is not None:
+        args = _pack_rows(args, seq_idx_to_cu_seqlens(seq_idx))
+    args = args._replace(cu_seqlens=offsets_int32(args.cu_seqlens, args.x.shape[1]))
+    nseq = batch if args.cu_seqlens is None else args.cu_seqlens.shape[0] - 1
+    for name, h0 in states.items():
+        check_state(name, h0, (nseq, args.x.shape[2], args.x.shape[3], args.B.shape[3]),
+                    args.x.device)
+    h0s = list(states.values())
+    finals = None
+    if limit is None and not want_final and all(h0 is None for h0 in h0s):
+        y = _run(backend, args)
+    else:
+        y, finals = _run_with_states(backend, args, h0s, want_final, limit)
+    if seq_idx is not None:
+        y = y.reshape(batch, seqlen, *y.shape[2:])
+    return y, finals
+
+
+def _run_with_states(backend, a, h0s, want_final, limit):
+    """The kernels get dt' = clamp(softplus(dt + dt_bias)) computed here (no bias, no softplus),
+    so that every backend clamps and the state terms use the same dt'; with an initial state the
+    gate silu(z) is applied here, after the state's share is added."""
+    cd = compute_dtype(a.x)
+    dtf = effective_dt(a.dt, a.dt_bias, a.dt_softplus, limit, cd)
+    dtr = a.dt_rev
+    if dtr is not None:
+        dtr = dtf if dtr is a.dt else effective_dt(dtr, a.dt_bias, a.dt_softplus, limit, cd)
+    gate = a.z if any(h0 is not None for h0 in h0s) else None
+    k = a._replace(dt=dtf, dt_rev=dtr, dt_bias=None, dt_softplus=False,
+                   z=None if gate is not None else a.z)
+    y = _run(backend, k)
+    if gate is None and not want_final:
+        return y, None
+    # the offsets were validated by _run; the per-sequence terms need them on the host
+    bounds = None if k.cu_seqlens is None else k.cu_seqlens.tolist()
+    extra, finals = None, []
+    for (dt_d, A_d, B_d, C_d, rev), h0 in zip(_directions(k), h0s):
+        e, f = direction_terms(k.x, dt_d, A_d, B_d, C_d, h0, want_final, rev, k.quasi, bounds)
+        extra = e if extra is None else extra if e is None else extra + e
+        finals.append(f)
+    if gate is not None:
+        y = ((y.to(cd) + extra) * F.silu(gate.to(cd))).to(a.x.dtype)
+    return y, finals if want_final else None
+
+
+def _directions(k):
+    """(dt', A, B, C, reverse) of each direction the call scans, in the order of its states."""
+    if k.directions != BOTH:
+        return [(k.dt, k.A, k.B, k.C, k.directions == REVERSE)]
+    pick = lambda rev, fwd: fwd if rev is None else rev  # noqa: E731
+    return [(k.dt, k.A, k.B, k.C, False),
+            (pick(k.dt_rev, k.dt), pick(k.A_rev, k.A), pick(k.B_rev, k.B), pick(k.C_rev, k.C),
+             True)]
 
 
 def _run(backend, args):
