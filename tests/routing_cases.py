@@ -96,7 +96,7 @@ def with_cpu_streamed(params):
 # (rounded) inputs, so the tolerance measures the kernel's own error.
 DTYPES = {
     "reference": (torch.float64, torch.float32),
-    "triton": (torch.float32, torch.float16),
+    "triton": (torch.float32, torch.float16, torch.bfloat16),
     "cpu": (torch.float64, torch.float32, torch.float16, torch.bfloat16),
     "cuda": (torch.float32, torch.float16, torch.bfloat16),
 }
