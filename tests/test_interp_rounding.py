@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from helpers import TRITON_DEVICE, rel_err
-from kernels.scan.common import mm, round_like_gpu
+from mmhnet.kernels.scan.common import mm, round_like_gpu
 
 HALF = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
