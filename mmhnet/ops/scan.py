@@ -212,11 +212,11 @@ def _run_with_states(backend, a, h0s, want_final, limit):
     dtr = a.dt_rev
     if dtr is not None:
         dtr = dtf if dtr is a.dt else effective_dt(dtr, a.dt_bias, a.dt_softplus, limit, cd)
-    gate = a.z if any(h0 is not None for h0 in h0s) else None
+    has_h0 = any(h0 is not None for h0 in h0s)
     k = a._replace(dt=dtf, dt_rev=dtr, dt_bias=None, dt_softplus=False,
-                   z=None if gate is not None else a.z)
+                   z=None if has_h0 else a.z)
     y = _run(backend, k)
-    if gate is None and not want_final:
+    if not has_h0 and not want_final:
         return y, None
     # the offsets were validated by _run; the per-sequence terms need them on the host
     bounds = None if k.cu_seqlens is None else k.cu_seqlens.tolist()
@@ -225,8 +225,9 @@ def _run_with_states(backend, a, h0s, want_final, limit):
         e, f = direction_terms(k.x, dt_d, A_d, B_d, C_d, h0, want_final, rev, k.quasi, bounds)
         extra = e if extra is None else extra if e is None else extra + e
         finals.append(f)
-    if gate is not None:
-        y = ((y.to(cd) + extra) * F.silu(gate.to(cd))).to(a.x.dtype)
+    if has_h0:
+        y = y.to(cd) + extra
+        y = (y if a.z is None else y * F.silu(a.z.to(cd))).to(a.x.dtype)
     return y, finals if want_final else None
 
 
