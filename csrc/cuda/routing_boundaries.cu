@@ -5,7 +5,9 @@
 //   p_t = 1 at a sequence's first token,  mask_t = p_t > 0.5
 //   dq_t = g_t / (nq_t nk_{t-1}) k_{t-1} - [|q_t| > eps] g_t cos_t / nq_t^2 q_t
 //   dk_t = g_{t+1} / (nk_t nq_{t+1}) q_{t+1} - [|k_t| > eps] g_{t+1} cos_{t+1} / nk_t^2 k_t
-// with g_t = -dp_t / 2 where the clamp passes and t is not a sequence start, else 0.
+// with g_t = -dp_t / 2 where the clamp passes and t is not a sequence start, else 0. A pair
+// across a sequence start (or past an end) adds no term at all: a 0 coefficient times the other
+// sequence's row would be NaN where that row is (0 * NaN), and NaN stays in its sequence.
 #include "cuda/routing_kernels.h"
 #include "cuda/routing_pairs.cuh"
 
@@ -49,7 +51,9 @@ __global__ void boundaries_bwd_kernel(const compute_t<T>* dp, const T* q, const 
     const int64_t t = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
     if (t >= total) return;
     C a0 = 0, b0 = 0, a1 = 0, b1 = 0;
-    if (t > 0 && !is_sequence_start(cu, nseq, t)) {
+    const bool has0 = t > 0 && !is_sequence_start(cu, nseq, t);
+    const bool has1 = t + 1 < total && !is_sequence_start(cu, nseq, t + 1);
+    if (has0) {
         C qq, kk, qk, cos, g, nq, nk;
         bool q_big;
         pair_stats(q, k, t, t - 1, dim, qq, kk, qk);
@@ -57,7 +61,7 @@ __global__ void boundaries_bwd_kernel(const compute_t<T>* dp, const T* q, const 
         a0 = g / (nq * nk);
         b0 = q_big ? g * cos / (nq * nq) : C(0);
     }
-    if (t + 1 < total && !is_sequence_start(cu, nseq, t + 1)) {
+    if (has1) {
         C qq, kk, qk, cos, g, nq, nk;
         bool q_big;
         pair_stats(q, k, t + 1, t, dim, qq, kk, qk);
@@ -68,10 +72,12 @@ __global__ void boundaries_bwd_kernel(const compute_t<T>* dp, const T* q, const 
     }
     const int lane = threadIdx.x & 31;
     for (int64_t d = lane; d < dim; d += 32) {
-        C kprev = t > 0 ? to_compute(k[(t - 1) * dim + d]) : C(0);
-        C qnext = t + 1 < total ? to_compute(q[(t + 1) * dim + d]) : C(0);
-        store_as(dq, t * dim + d, a0 * kprev - b0 * to_compute(q[t * dim + d]));
-        store_as(dk, t * dim + d, a1 * qnext - b1 * to_compute(k[t * dim + d]));
+        store_as(dq, t * dim + d,
+                 has0 ? a0 * to_compute(k[(t - 1) * dim + d]) - b0 * to_compute(q[t * dim + d])
+                      : C(0));
+        store_as(dk, t * dim + d,
+                 has1 ? a1 * to_compute(q[(t + 1) * dim + d]) - b1 * to_compute(k[t * dim + d])
+                      : C(0));
     }
 }
 

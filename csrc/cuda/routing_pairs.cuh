@@ -44,6 +44,13 @@ __device__ __forceinline__ void pair_stats(const T* q, const T* k, int64_t t, in
     qk = warp_sum(c);
 }
 
+// clamp(v, 0, 1) that passes NaN, as torch.clamp does (fmin/fmax, which max/min become on the
+// device, return the other operand for a NaN: p would be 0 where q or k is NaN).
+template <class C>
+__device__ __forceinline__ C clamp_unit(C v) {
+    return v < C(0) ? C(0) : (v > C(1) ? C(1) : v);
+}
+
 // p_t = clamp((1 - cos(q_t, k_{t-1})) / 2, 0, 1), or 1 at a sequence start; called by a whole
 // warp, every lane gets p_t.
 template <class T>
@@ -55,7 +62,7 @@ __device__ __forceinline__ compute_t<T> boundary_probability(const T* q, const T
     C qq, kk, qk;
     pair_stats(q, k, t, t - 1, dim, qq, kk, qk);
     C cos = qk / (max(sqrt(qq), C(kNormEps)) * max(sqrt(kk), C(kNormEps)));
-    return min(max((C(1) - cos) / 2, C(0)), C(1));
+    return clamp_unit((C(1) - cos) / 2);
 }
 
 }  // namespace routing_cuda
