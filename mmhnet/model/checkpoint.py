@@ -149,6 +149,7 @@ def _fsync_directory(directory):
 
 
 def _umask():
+    """The process's umask (os.umask is the only way to read it: set, then restored)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
