@@ -28,7 +28,6 @@ P, N = 3, 5  # headdim, dstate
 # The Triton interpreter runs each program of a launch in Python (~3 s per call here at 2 heads,
 # batch 1): it gets the smallest sizes and a few cases; the other backends take every case.
 TRITON_CASES = {("test_states_against_sequential_loop", "packed", "bi_sum"),
-                ("test_states_against_sequential_loop", "batch", "rev"),
                 ("test_two_halves_equal_the_whole", None, "bi_quasi")}
 
 

@@ -42,6 +42,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmhnet.ops import bi_selective_scan, selective_scan
+from mmhnet.ops._scan_states import check_seq_idx
+from mmhnet.ops.scan import seq_idx_to_cu_seqlens
 from mmhnet.ops.reference import compute_dtype
 
 from ._checks import (check_backend, check_mask_contiguous, check_param_dtype, check_positive_int,
@@ -73,6 +75,17 @@ def _d_inner(expand, d_model):
         raise ValueError(f"expand * d_model must be a whole number of channels, got "
                          f"{expand} * {d_model} = {d_inner}")
     return int(d_inner)
+
+
+def _unflatten(x, seqlen, d_model):
+    """Mamba2's flattened input: x (batch * seqlen, d_model) -> (batch, seqlen, d_model)."""
+    check_positive_int("seqlen", seqlen)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2 or x.shape[0] % seqlen != 0:
+        raise ValueError(f"with seqlen={seqlen}, x must have shape (batch * seqlen, {d_model}) "
+                         f"(Mamba2's flattened input), got {tuple(x.shape)}")
+    return x.reshape(x.shape[0] // seqlen, seqlen, x.shape[1])
 
 
 def _init_dt_bias(nheads, dt_min, dt_max, dt_init_floor, factory):
@@ -238,10 +251,37 @@ class BiMamba2(nn.Module):
     def _D(self, D):
         return D.reshape(self.nheads, self.headdim) if self.D_has_hdim else D
 
-    def forward(self, x, cu_seqlens=None, mask=None):
+    def forward(self, x, cu_seqlens=None, mask=None, *, seqlen=None, seq_idx=None,
+                inference_params=None):
         """x (batch, seqlen, d_model) -> same. cu_seqlens: int (nseq + 1,) offsets of packed
         sequences (batch 1). mask: (batch, seqlen) bool, True for real tokens, which must be
-        contiguous in each row; padded rows come out zero."""
+        contiguous in each row; padded rows come out zero.
+
+        Mamba2.forward's keywords, with its meanings: ``seqlen``: x is (batch * seqlen,
+        d_model), flattened, and so is the output. ``seq_idx`` (batch, seqlen) int,
+        non-decreasing along each row: tokens with different values (or in different rows) never
+        interact, conv included (one host sync). ``inference_params`` must be None: a non-causal
+        layer has no token-by-token step mode."""
+        if inference_params is not None:
+            raise ValueError(f"inference_params must be None: BiMamba2 is non-causal (each token "
+                             f"reads the whole sequence), so it has no step / decoding mode; got "
+                             f"{type(inference_params).__name__}")
+        if seqlen is not None:
+            return self.forward(_unflatten(x, seqlen, self.d_model), cu_seqlens, mask,
+                                seq_idx=seq_idx).reshape(x.shape)
+        if seq_idx is not None:
+            if cu_seqlens is not None or mask is not None:
+                raise ValueError("seq_idx marks the sequences itself; pass it without cu_seqlens "
+                                 "or mask")
+            check_tokens(x, self.d_model)
+            batch, length = x.shape[:2]
+            check_seq_idx(seq_idx, batch, length, None)
+            packed = self._forward(x.reshape(1, batch * length, x.shape[2]),
+                                   seq_idx_to_cu_seqlens(seq_idx), None)
+            return packed.reshape(x.shape)
+        return self._forward(x, cu_seqlens, mask)
+
+    def _forward(self, x, cu_seqlens, mask):
         check_tokens(x, self.d_model, cu_seqlens, mask)
         check_param_dtype(x, self.in_proj.weight)
         if mask is not None:
