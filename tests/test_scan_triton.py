@@ -144,23 +144,71 @@ def test_edge_dims(dims):
                                  device=TRITON_DEVICE, mode="quasiseparable")
 
 
-@pytest.mark.parametrize("dims,match", [
-    ((1, 256, 1, 256), "padded product"),  # 256 x 256 needs more shared memory than sm_90 has
-    ((1, 8, 1, 257), "up to 256"),
-    ((65536, 1, 1, 1), "at most 65535 heads"),  # CUDA's limit on a grid axis
-])
-def test_limits_are_clear_errors(dims, match):
+@pytest.mark.parametrize("mode", ["sum", "quasiseparable"])
+def test_backward_reads_dstate_in_slices(mode):
+    """dstate 40 over the backward's dstate slices (launch.BWD_BLOCK_K columns): full slices, a
+    partly masked one and (padded to 64) an empty one, with reverse-direction B and C (their
+    gradients in separate slots) and packed sequences."""
+    import mmhnet.kernels.scan.launch as launch
+
+    assert launch.BWD_BLOCK_K < 40 and 40 % launch.BWD_BLOCK_K
+    args, cu = _inputs(("slices", [9, 28], 2, 8, 1, 40, dict(D="h", z=True, rev=("B", "C"))))
+    check_scan_against_reference("bi_selective_scan", args, backend="triton", dtype=torch.float32,
+                                 device=TRITON_DEVICE, mode=mode, cu_seqlens=cu)
+
+
+def test_fp32_matmul_precision_follows_torch():
+    """float32 inputs get TF32 matmuls exactly when torch allows them, through either of torch's
+    APIs (reading allow_tf32 raises once the newer fp32_precision API has been used). In a child
+    process: the settings are global and would leak into other tests."""
+    import subprocess
+    import sys
+
+    code = """
+import torch
+from mmhnet.kernels.scan.launch import tf32_allowed
+m = torch.backends.cuda.matmul
+seen = [tf32_allowed()]
+torch.set_float32_matmul_precision("high"); seen.append(tf32_allowed())
+m.allow_tf32 = False; seen.append(tf32_allowed())
+m.fp32_precision = "tf32"; seen.append(tf32_allowed())
+m.fp32_precision = "ieee"; seen.append(tf32_allowed())
+torch.backends.fp32_precision = "tf32"; m.fp32_precision = "none"; seen.append(tf32_allowed())
+print(seen)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[-2] == str([False, True, False, True, False, True]), out.stdout
+
+
+@pytest.mark.parametrize("dims,dtype,match", [
+    # a padded tile past the dtype's limit needs more shared memory than a block has on sm_90
+    ((1, 256, 1, 256), torch.float16, r"up to 32768 for float16 inputs.*got headdim 256, dstate "
+                                      r"256 \(use backend='cuda' or 'reference'\)"),
+    ((1, 128, 1, 256), torch.float32, r"up to 16384 for float32 inputs.*got headdim 128, dstate "
+                                      r"256 \(use backend='cuda' or 'reference'\)"),
+    ((1, 256, 1, 128), torch.float32, r"^backend 'triton' .*up to 16384 for float32"),
+    ((1, 8, 1, 257), torch.float32, "up to 256"),
+    ((65536, 1, 1, 1), torch.float32, "at most 65535 heads"),  # CUDA's limit on a grid axis
+], ids=["fp16_256x256", "fp32_128x256", "fp32_256x128", "dstate257", "heads"])
+def test_limits_are_clear_errors(dims, dtype, match):
     h, p, g, n = dims
-    args = make_scan_inputs(1, 3, h, p, g, n, device=TRITON_DEVICE)
+    args = make_scan_inputs(1, 3, h, p, g, n, device=TRITON_DEVICE, dtype=dtype)
     args.pop("dt_softplus")
     with pytest.raises(ValueError, match=match):
         import mmhnet.ops as ops
         ops.bi_selective_scan(**args, backend="triton")
 
 
-def test_largest_tiles_below_the_limit_run():
-    """headdim 128 with dstate 256 (and the transpose) is the largest tile served."""
-    for p, n in ((128, 256), (256, 128)):
-        args = make_scan_inputs(1, 5, 1, p, 1, n, dtype=torch.float64)
-        check_scan_against_reference("selective_scan", {k: v for k, v in args.items()},
-                                     backend="triton", dtype=torch.float32, device=TRITON_DEVICE)
+@pytest.mark.parametrize("p,n,dtype", [(64, 256, torch.float32), (256, 64, torch.float32),
+                                       (128, 256, torch.float16)],
+                         ids=["fp32_64x256", "fp32_256x64", "fp16_128x256"])
+def test_largest_tiles_below_the_limit_run(p, n, dtype):
+    """The largest padded tiles served: 16384 for float32 inputs, 32768 for 16-bit ones
+    (launch.MAX_TILE; tests/test_triton_aot.py checks that they fit sm_90's shared memory)."""
+    import mmhnet.kernels.scan.launch as launch
+
+    assert p * n == launch.max_tile(dtype)
+    args = make_scan_inputs(1, 5, 1, p, 1, n, dtype=torch.float64)
+    check_scan_against_reference("selective_scan", {k: v for k, v in args.items()},
+                                 backend="triton", dtype=dtype, device=TRITON_DEVICE)

@@ -41,11 +41,30 @@ def _store_or_add(ptrs, value, mask, ADD: tl.constexpr):
 
 
 @triton.jit
-def _direction_grads(x, dy, CB, DYX, dtp, lam, A, Bm, Cm, S_in, Adj_in, seq, seq_prev, seq_next,
-                     i, dB_ptrs, dC_ptrs, io_n, ADD_B: tl.constexpr, ADD_C: tl.constexpr,
-                     IS_REV: tl.constexpr, MM_DTYPE: tl.constexpr, PREC: tl.constexpr):
+def _cb(C_base, s_cl, s_cn, B_base, s_bl, s_bn, i, N, L_row, pos, seq, seq_ptr,
+        HAS_SEQ: tl.constexpr, Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        MM_DTYPE: tl.constexpr, PREC: tl.constexpr):
+    """(Q, Q) C B^T of the chunk, dstate summed BLOCK_K columns at a time."""
+    CB = tl.zeros((Q, Q), dtype=tl.float32)
+    for k in range(0, BLOCK_N, BLOCK_K):
+        offs_k = k + tl.arange(0, BLOCK_K)
+        Ck = load_rows(C_base, s_cl, s_cn, i, offs_k, N, L_row, pos, seq, seq_ptr, 0, HAS_SEQ)
+        Bk = load_rows(B_base, s_bl, s_bn, i, offs_k, N, L_row, pos, seq, seq_ptr, 0, HAS_SEQ)
+        CB += mm(Ck, tl.trans(Bk), MM_DTYPE, PREC)
+    return CB
+
+
+@triton.jit
+def _direction_grads(x, dy, CB, DYX, dtp, lam, A, B_base, s_bl, s_bn, C_base, s_cl, s_cn,
+                     S_ptr, Adj_ptr, offs_p, P, N, L_row, pos, valid, seq, seq_ptr, seq_prev,
+                     seq_next, i, dB_rows, dC_rows, ADD_B: tl.constexpr, ADD_C: tl.constexpr,
+                     IS_REV: tl.constexpr, HAS_SEQ: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, MM_DTYPE: tl.constexpr, PREC: tl.constexpr):
     """Gradients of one direction for one chunk. Stores dB and dC (per head, fp32) and returns
-    (dx contribution, d dt', dA contribution). Ordered so that few (Q, Q) tiles are live."""
+    (dx contribution, d dt', dA contribution). B, C, the entering state S and adjoint Adj are
+    read BLOCK_K dstate columns at a time (dB_rows / dC_rows: (Q,) pointers to each token's
+    row), so that only (Q, BLOCK_K) and (P, BLOCK_K) slices of them are live: whole (Q, dstate)
+    and (headdim, dstate) tiles made this kernel spill registers."""
     L = tl.cumsum(lam, 0)
     Lex = L - lam
     L_end = tl.sum(lam, 0)
@@ -60,26 +79,38 @@ def _direction_grads(x, dy, CB, DYX, dtp, lam, A, Bm, Cm, S_in, Adj_in, seq, seq
         W = tl.exp(tl.where((s <= t) & same, L[:, None] - L[None, :], float("-inf")))
         w_out = tl.where(seq == seq_prev, tl.exp(L), 0.0)
         w_in = tl.where(seq == seq_next, tl.exp(L_end - L), 0.0)
-    # <adjoint, state> through the whole chunk, when one sequence runs across it
-    through = tl.where(seq_next == seq_prev, tl.exp(L_end), 0.0) * tl.sum(tl.sum(Adj_in * S_in, 1), 0)
-    gB = mm(tl.trans(W * CB), dy, MM_DTYPE, PREC) \
-        + w_in[:, None] * mm(Bm, tl.trans(Adj_in), MM_DTYPE, PREC)
+    gB = mm(tl.trans(W * CB), dy, MM_DTYPE, PREC)
+    # WDt[t, s]: weight of (t, s) in dC_t (times B_s) and in dB_s (times C_t)
+    WDt = W * DYX * dtp[None, :]
+    e = tl.zeros_like(dtp)
+    T = 0.0
+    through = 0.0
+    for k in range(0, BLOCK_N, BLOCK_K):
+        offs_k = k + tl.arange(0, BLOCK_K)
+        io_k = valid[:, None] & (offs_k[None, :] < N)
+        Bk = load_rows(B_base, s_bl, s_bn, i, offs_k, N, L_row, pos, seq, seq_ptr, 0, HAS_SEQ)
+        Ck = load_rows(C_base, s_cl, s_cn, i, offs_k, N, L_row, pos, seq, seq_ptr, 0, HAS_SEQ)
+        S_k = load_state(S_ptr, offs_p, offs_k, P, N)
+        Adj_k = load_state(Adj_ptr, offs_p, offs_k, P, N)
+        # <adjoint, state> through the whole chunk (used when one sequence runs across it)
+        through += tl.sum(tl.sum(Adj_k * S_k, 1), 0)
+        gB += w_in[:, None] * mm(Bk, tl.trans(Adj_k), MM_DTYPE, PREC)
+        dC_in = w_out[:, None] * mm(dy, S_k, MM_DTYPE, PREC)
+        dC = mm(WDt, Bk, MM_DTYPE, PREC) + dC_in
+        e += tl.sum(Ck * dC, 1)
+        T += tl.sum(tl.sum(Ck * dC_in, 1), 0)
+        _store_or_add(dC_rows[:, None] + offs_k[None, :], dC, io_k, ADD_C)
+        dB = mm(tl.trans(WDt), Ck, MM_DTYPE, PREC) \
+            + (dtp * w_in)[:, None] * mm(x, Adj_k, MM_DTYPE, PREC)
+        e -= tl.sum(Bk * dB, 1)
+        _store_or_add(dB_rows[:, None] + offs_k[None, :], dB, io_k, ADD_B)
     ddt_in = tl.sum(x * gB, 1)
     dx = dtp[:, None] * gB
-    WD = W * DYX
-    dC_in = w_out[:, None] * mm(dy, S_in, MM_DTYPE, PREC)
-    dC = mm(WD * dtp[None, :], Bm, MM_DTYPE, PREC) + dC_in
-    e = tl.sum(Cm * dC, 1)
-    _store_or_add(dC_ptrs, dC, io_n, ADD_C)
-    dB_in = (dtp * w_in)[:, None] * mm(x, Adj_in, MM_DTYPE, PREC)
-    dB = dtp[:, None] * mm(tl.trans(WD), Cm, MM_DTYPE, PREC) + dB_in
-    e -= tl.sum(Bm * dB, 1)
-    _store_or_add(dB_ptrs, dB, io_n, ADD_B)
     # d lam_u: the sum of e over the tokens the direction reaches before u, written with the
     # part outside the chunk on its entering side (the boundary term T, from this chunk's own
     # tiles) because e sums to zero over a sequence. So d lam is exactly 0 at the direction's
     # first token of a sequence (a one-token sequence gets dA = 0), as the state before it is.
-    T = tl.sum(tl.sum(Cm * dC_in, 1), 0) + through
+    T += tl.where(seq_next == seq_prev, tl.exp(L_end), 0.0) * through
     if IS_REV:
         dlam = -tl.sum(tl.where((s > t) & same, e[None, :], 0.0), 1)
         dlam += tl.where(seq == seq_next, T, 0.0)
@@ -113,12 +144,11 @@ def chunk_scan_bwd_kernel(
     DY_SHIFT_R: tl.constexpr, SHARE_DT: tl.constexpr, SHARE_B: tl.constexpr,
     SHARE_C: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
     D_PER_P: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_N: tl.constexpr, MM_DTYPE: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MM_DTYPE: tl.constexpr, PREC: tl.constexpr,
 ):
     b, h, g, row0, start, end, i, pos, valid, chunk_idx = chunk_coords(L_row, H, heads_per_group,
                                                                        nchunks, Q)
     offs_p = tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
     seq, seq_first, seq_last, seq_prev, seq_next = chunk_seq_ids(seq_ptr, pos, valid, start, end,
                                                                  L_row, HAS_SEQ)
     x = load_rows(x_ptr + b * s_xb + row0 * s_xl + h * s_xh, s_xl, s_xp, i, offs_p, P, L_row, pos,
@@ -136,53 +166,38 @@ def chunk_scan_bwd_kernel(
         dy_r = load_rows(dy_base, s_dyl, s_dyp, i, offs_p, P, L_row, pos, seq, seq_ptr, DY_SHIFT_R,
                          HAS_SEQ)
     rows = b * L_row + pos  # token index in (B, L)
-    io_n = valid[:, None] & (offs_n[None, :] < N)
-    dBC_off = (rows[:, None] * H + h) * N + offs_n[None, :]
+    dBC_rows = (rows * H + h) * N
+    Bf_base = Bf_ptr + b * s_bfb + row0 * s_bfl + g * s_bfg
+    Cf_base = Cf_ptr + b * s_cfb + row0 * s_cfl + g * s_cfg
+    Br_base = Br_ptr + b * s_brb + row0 * s_brl + g * s_brg
+    Cr_base = Cr_ptr + b * s_crb + row0 * s_crl + g * s_crg
 
     dx = tl.zeros((Q, BLOCK_P), dtype=tl.float32)
     if HAS_F:
         A_f = tl.load(Af_ptr + h).to(tl.float32)
-        Bm_f = load_rows(Bf_ptr + b * s_bfb + row0 * s_bfl + g * s_bfg, s_bfl, s_bfn, i, offs_n, N,
-                         L_row, pos, seq, seq_ptr, 0, HAS_SEQ)
-        Cm_f = load_rows(Cf_ptr + b * s_cfb + row0 * s_cfl + g * s_cfg, s_cfl, s_cfn, i, offs_n, N,
-                         L_row, pos, seq, seq_ptr, 0, HAS_SEQ)
-        CB_f = mm(Cm_f, tl.trans(Bm_f), MM_DTYPE, PREC)
+        CB_f = _cb(Cf_base, s_cfl, s_cfn, Bf_base, s_bfl, s_bfn, i, N, L_row, pos, seq, seq_ptr,
+                   HAS_SEQ, Q, BLOCK_N, BLOCK_K, MM_DTYPE, PREC)
         DYX_f = mm(dy_f, tl.trans(x), MM_DTYPE, PREC)
-        H_in = load_state(statef_ptr + state_off, offs_p, offs_n, P, N)
-        G_in = load_state(adjf_ptr + state_off, offs_p, offs_n, P, N)
         dx_f, ddtp_f, dA_f = _direction_grads(
-            x, dy_f, CB_f, DYX_f, dtp_f, dtp_f * A_f, A_f, Bm_f, Cm_f, H_in, G_in, seq, seq_prev,
-            seq_next, i, dBf_ptr + dBC_off, dCf_ptr + dBC_off, io_n, False,
-            False, False, MM_DTYPE, PREC)
+            x, dy_f, CB_f, DYX_f, dtp_f, dtp_f * A_f, A_f, Bf_base, s_bfl, s_bfn, Cf_base, s_cfl,
+            s_cfn, statef_ptr + state_off, adjf_ptr + state_off, offs_p, P, N, L_row, pos, valid,
+            seq, seq_ptr, seq_prev, seq_next, i, dBf_ptr + dBC_rows, dCf_ptr + dBC_rows, False,
+            False, False, HAS_SEQ, BLOCK_N, BLOCK_K, MM_DTYPE, PREC)
         dx += dx_f
         tl.store(dAf_ptr + chunk_idx, dA_f)
     if HAS_R:
         A_r = tl.load(Ar_ptr + h).to(tl.float32)
-        if SHARE_B:
-            Bm_r = Bm_f
-        else:
-            Bm_r = load_rows(Br_ptr + b * s_brb + row0 * s_brl + g * s_brg, s_brl, s_brn, i, offs_n,
-                             N, L_row, pos, seq, seq_ptr, 0, HAS_SEQ)
-        if SHARE_C:
-            Cm_r = Cm_f
-        else:
-            Cm_r = load_rows(Cr_ptr + b * s_crb + row0 * s_crl + g * s_crg, s_crl, s_crn, i, offs_n,
-                             N, L_row, pos, seq, seq_ptr, 0, HAS_SEQ)
-        if SHARE_B and SHARE_C:
-            CB_r = CB_f
-        else:
-            CB_r = mm(Cm_r, tl.trans(Bm_r), MM_DTYPE, PREC)
-        if HAS_F and (DY_SHIFT_R == DY_SHIFT_F):
-            DYX_r = DYX_f
-        else:
-            DYX_r = mm(dy_r, tl.trans(x), MM_DTYPE, PREC)
-        R_in = load_state(stater_ptr + state_off, offs_p, offs_n, P, N)
-        Q_in = load_state(adjr_ptr + state_off, offs_p, offs_n, P, N)
+        # recomputed even where the forward direction's are the same: keeping two (Q, Q) tiles
+        # live through the forward direction made the kernel spill
+        CB_r = _cb(Cr_base, s_crl, s_crn, Br_base, s_brl, s_brn, i, N, L_row, pos, seq, seq_ptr,
+                   HAS_SEQ, Q, BLOCK_N, BLOCK_K, MM_DTYPE, PREC)
+        DYX_r = mm(dy_r, tl.trans(x), MM_DTYPE, PREC)
         # a tensor shared with the forward direction accumulates into its gradient
         dx_r, ddtp_r, dA_r = _direction_grads(
-            x, dy_r, CB_r, DYX_r, dtp_r, dtp_r * A_r, A_r, Bm_r, Cm_r, R_in, Q_in, seq, seq_prev,
-            seq_next, i, dBr_ptr + dBC_off, dCr_ptr + dBC_off, io_n,
-            HAS_F and SHARE_B, HAS_F and SHARE_C, True, MM_DTYPE, PREC)
+            x, dy_r, CB_r, DYX_r, dtp_r, dtp_r * A_r, A_r, Br_base, s_brl, s_brn, Cr_base, s_crl,
+            s_crn, stater_ptr + state_off, adjr_ptr + state_off, offs_p, P, N, L_row, pos, valid,
+            seq, seq_ptr, seq_prev, seq_next, i, dBr_ptr + dBC_rows, dCr_ptr + dBC_rows,
+            HAS_F and SHARE_B, HAS_F and SHARE_C, True, HAS_SEQ, BLOCK_N, BLOCK_K, MM_DTYPE, PREC)
         dx += dx_r
         tl.store(dAr_ptr + chunk_idx, dA_r)
 

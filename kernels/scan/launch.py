@@ -28,9 +28,21 @@ from .state_passing import state_passing_kernel
 
 CHUNK_SIZE = 64
 MAX_DIM = 256  # headdim and dstate: one program holds a (headdim, dstate) fp32 state tile
-# ... and the tile's padded area: at 256 x 256 chunk_state and chunk_scan_bwd need 256-264 KiB of
-# shared memory on sm_90 (227 KiB is the most a block may have); 128 x 256 fits
-MAX_TILE = 128 * 256
+# ... and the tile's padded area (headdim x dstate, powers of two), per element size of the
+# inputs: the largest whose every kernel variant fits the 232,448 B of shared memory a block may
+# have on sm_90, compiled with Triton 3.6 and 3.9 (scripts/triton_aot_check.py --largest;
+# benchmarks/RESULTS.md). 16-bit: 256 x 256 needs 256+ KiB in chunk_state; float32 operands take
+# twice the bytes, and 128 x 256 needs ~260 KiB there
+MAX_TILE = {2: 128 * 256, 4: 128 * 128}
+# dstate columns the backward holds at a time (chunk_scan_bwd.py reads B, C, the states and
+# adjoints in slices of this width): 16 spills least (benchmarks/RESULTS.md, compiled for sm_90)
+BWD_BLOCK_K = 16
+# launch options per kernel (scripts/triton_aot_check.py compiles with the same). The backward's
+# dstate loop is not software-pipelined (num_stages 1): prefetching the next slice doubled its
+# shared memory and added to its register spill
+KERNEL_OPTIONS = {"chunk_state": dict(num_warps=8), "chunk_scan": dict(num_warps=8),
+                  "chunk_scan_bwd": dict(num_warps=8, num_stages=1),
+                  "state_passing": dict(num_warps=4)}
 MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2 (heads, batch)
 
 
@@ -64,12 +76,42 @@ def _mm_config(x):
         mm_dtype = triton.language.float32
     else:
         mm_dtype = triton.language.bfloat16 if x.dtype == torch.bfloat16 else triton.language.float16
-    allow_tf32 = x.is_cuda and torch.backends.cuda.matmul.allow_tf32
-    return mm_dtype, ("tf32" if allow_tf32 else "ieee")
+    return mm_dtype, ("tf32" if x.is_cuda and tf32_allowed() else "ieee")
+
+
+def tf32_allowed():
+    """torch's TF32 setting for float32 matmuls, read at every call: the launchers run inside
+    the custom op, so under torch.compile too it is read when the op runs, not when it is traced.
+    torch >= 2.9 keeps the setting as matmul.fp32_precision ("tf32", else "ieee" or "none"),
+    which allow_tf32 and set_float32_matmul_precision also set; reading allow_tf32 raises a
+    RuntimeError once the newer API has been used, so it is read only on an older torch."""
+    matmul = torch.backends.cuda.matmul
+    try:
+        return matmul.fp32_precision == "tf32"
+    except AttributeError:  # torch < 2.9
+        return bool(matmul.allow_tf32)
 
 
 def _block(n):
     return max(16, triton.next_power_of_2(n))
+
+
+def max_tile(dtype):
+    """Largest padded headdim x dstate served for inputs of ``dtype``."""
+    return MAX_TILE[torch.tensor([], dtype=dtype).element_size()]
+
+
+def check_tile(P, N, dtype):
+    """ValueError unless headdim P and dstate N fit the kernels' shared memory for dtype."""
+    limit = max_tile(dtype)
+    if P > MAX_DIM or N > MAX_DIM or _block(P) * _block(N) > limit:
+        name = str(dtype).replace("torch.", "")
+        raise ValueError(
+            f"backend 'triton' supports headdim and dstate up to {MAX_DIM} with their padded "
+            f"product (powers of two) up to {limit} for {name} inputs (e.g. "
+            f"{limit // 256} x 256 or {limit // 128} x 128: more needs "
+            f"more shared memory than a GPU block has); got headdim {P}, dstate {N} "
+            f"(use backend='cuda' or 'reference')")
 
 
 class _Problem:
@@ -79,12 +121,7 @@ class _Problem:
         d = fwd if fwd is not None else rev
         self.batch, self.L, self.H, self.P = x.shape
         self.G, self.N = d.B.shape[2], d.B.shape[3]
-        if (self.P > MAX_DIM or self.N > MAX_DIM
-                or _block(self.P) * _block(self.N) > MAX_TILE):
-            raise ValueError(f"backend 'triton' supports headdim and dstate up to {MAX_DIM} with "
-                             f"their padded product (powers of two) up to {MAX_TILE} (e.g. 128 x "
-                             f"256); got headdim {self.P}, dstate {self.N} (use backend='cuda' "
-                             f"or 'reference')")
+        check_tile(self.P, self.N, x.dtype)
         if self.H > MAX_GRID_YZ or self.batch > MAX_GRID_YZ:
             raise ValueError(f"backend 'triton' takes at most {MAX_GRID_YZ} heads and batch "
                              f"rows; got nheads {self.H}, batch {self.batch}")
@@ -141,7 +178,8 @@ def _states(pb, u, adjoint, shift_f=0, shift_r=0):
         f.A, r.A, pb.opt(pb.dt_bias), pb.opt(pb.seq_idx),
         states_f, states_r, carry_f, carry_r,
         pb.L, pb.H, pb.H // pb.G, pb.P, pb.N, pb.nchunks,
-        ADJOINT=adjoint, SHIFT_F=shift_f, SHIFT_R=shift_r, **pb.common_flags(), num_warps=8,
+        ADJOINT=adjoint, SHIFT_F=shift_f, SHIFT_R=shift_r, **pb.common_flags(),
+        **KERNEL_OPTIONS["chunk_state"],
     )
     PN = pb.P * pb.N
     if PN == 0:  # dstate 0: no state to pass
@@ -150,9 +188,11 @@ def _states(pb, u, adjoint, shift_f=0, shift_r=0):
     grid = (pb.batch * pb.H, triton.cdiv(PN, block))
     # forward-direction states move right, its adjoints left; the reverse direction mirrors it
     if pb.has_f:
-        state_passing_kernel[grid](states_f, carry_f, pb.nchunks, PN, TO_RIGHT=not adjoint, BLOCK=block)
+        state_passing_kernel[grid](states_f, carry_f, pb.nchunks, PN, TO_RIGHT=not adjoint,
+                                   BLOCK=block, **KERNEL_OPTIONS["state_passing"])
     if pb.has_r:
-        state_passing_kernel[grid](states_r, carry_r, pb.nchunks, PN, TO_RIGHT=adjoint, BLOCK=block)
+        state_passing_kernel[grid](states_r, carry_r, pb.nchunks, PN, TO_RIGHT=adjoint,
+                                   BLOCK=block, **KERNEL_OPTIONS["state_passing"])
     return states_f, states_r
 
 
@@ -172,7 +212,8 @@ def _chunk_scan(pb, x, z, D, quasi, states_f, states_r, out, dy=None, dz=None):
         pb.L, pb.H, pb.H // pb.G, pb.P, pb.N, pb.nchunks,
         QUASI=quasi, C_SHIFT_F=-1 if quasi else 0, C_SHIFT_R=1 if quasi else 0,
         SHARE_CB=share_cb, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
-        HAS_Z=z is not None, GATE_BWD=dy is not None, **pb.common_flags(), num_warps=8,
+        HAS_Z=z is not None, GATE_BWD=dy is not None, **pb.common_flags(),
+        **KERNEL_OPTIONS["chunk_scan"],
     )
 
 
@@ -227,8 +268,9 @@ def scan_bwd(dy, x, fwd, rev, D, z, dt_bias, seq_idx, dt_softplus, quasi, chunk_
         bf[0], br[0], bf[2], br[2], bf[3], br[3], bf[1], br[1], pb.opt(dD_part),
         L, H, H // G, P, N, pb.nchunks,
         DY_SHIFT_F=shift_f, DY_SHIFT_R=shift_r, SHARE_B=pb.share_B, SHARE_C=pb.share_C,
-        HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, **pb.common_flags(),
-        num_warps=8,
+        HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
+        BLOCK_K=min(pb.BLOCK_N, BWD_BLOCK_K), **pb.common_flags(),
+        **KERNEL_OPTIONS["chunk_scan_bwd"],
     )
 
     def reduce(buf):
