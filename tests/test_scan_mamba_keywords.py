@@ -146,7 +146,8 @@ def _call(op="bi_selective_scan", **over):
 STATE = torch.zeros(2, 4, 3, 5)
 BAD = [
     ("chunk 0", dict(chunk_size=0), ValueError, "chunk_size must be a positive int, got 0"),
-    ("chunk float", dict(chunk_size=64.0), TypeError, "chunk_size must be a positive int, got float"),
+    ("chunk float", dict(chunk_size=64.0), TypeError,
+     "chunk_size must be a positive int, got float"),
     ("chunk bool", dict(chunk_size=True), TypeError, "chunk_size must be a positive int, got bool"),
     ("limit one", dict(dt_limit=(0.1,)), TypeError, "dt_limit must be a pair (min, max)"),
     ("limit tensor", dict(dt_limit=(torch.tensor(0.1), 1.0)), TypeError,

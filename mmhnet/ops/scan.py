@@ -6,6 +6,10 @@ work under torch.compile(fullgraph=True). Kernel backends implement two function
 ``forward(args) -> y`` and ``backward(dy, args) -> ScanGrads`` (``_scan_triton.py``,
 ``_scan_native.py``). The "reference" backend is plain torch (``_scan_reference.py``): autograd
 differentiates it directly, without the custom op.
+
+mamba_ssm's keywords (chunk_size, seq_idx, dt_limit, initial_states, return_final_states) are
+resolved here, in plain torch around the op (``_scan_states.py``), so the op's schema is the
+same with or without them and a call without them takes the same path as before.
 """
 
 import importlib
