@@ -2,7 +2,12 @@
 
 Two pybind11 modules, both independent of torch's headers, ABI and CUDA flavour:
 
-* ``mmhnet._C``      C++17 CPU kernels (OpenMP), always built.
+* ``mmhnet._C``      C++17 CPU kernels (OpenMP), always built. On x86-64 it is built for
+  x86-64-v3 (AVX2, FMA), and the same sources again as ``mmhnet._C_avx512`` for x86-64-v4
+  (AVX-512F/BW/DQ/VL): a wheel runs on any x86-64-v3 CPU, and ``mmhnet.ops._backend`` loads the
+  AVX-512 module in its place where the CPU has AVX-512. ``MMHNET_CPU_ARCH`` builds one module
+  for that ``-march`` instead (e.g. "native" for a local build). Other architectures build one
+  module with the compiler's default flags.
 * ``mmhnet._C_cuda`` CUDA kernels, built by default only where they can run: the torch in the
   build environment is a CUDA build and nvcc is found (``MMHNET_BUILD_CUDA=0/1`` forces it
   off/on; a CPU-only torch, or none importable, means off). A failed optional CUDA build prints
@@ -14,12 +19,15 @@ Sources are compiled by ninja (parallel), from a ``build.ninja`` written per ext
 Environment:
   MMHNET_BUILD_CUDA   0 / 1 / unset (auto: build when torch has CUDA and nvcc is found)
   MMHNET_CUDA_ARCHS   e.g. "80;90" (default) or "90a"; each entry becomes -gencode for sm_XX
-  MMHNET_CPU_ARCH     value for -march (default "native"; use e.g. "x86-64-v3" for portable wheels)
+  MMHNET_CPU_ARCH     unset (default): the portable pair above; a value (e.g. "native"): one
+                      module mmhnet._C built with -march=<value>
   CXX, NVCC           compilers to use
 """
 
 import glob
 import os
+import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -65,10 +73,12 @@ def _pybind11_include():
 class NinjaExtension(Extension):
     """An extension compiled by ninja. ``cuda=True`` compiles .cu files with nvcc."""
 
-    def __init__(self, name, sources, cuda=False, optional=False):
+    def __init__(self, name, sources, cuda=False, optional=False, march=None, isa=None):
         super().__init__(name, sources=sources)
         self.cuda = cuda
         self.optional_build = optional
+        self.march = march  # -march value for the C++ sources (None: the compiler's default)
+        self.isa = isa      # the CPU module's ISA label (its ``ISA`` attribute)
 
 
 def _q(path):
@@ -133,8 +143,13 @@ class NinjaBuildExt(build_ext):
             f"-I{_pybind11_include()}",
             f"-I{sysconfig.get_paths()['include']}",
         ]
-        march = os.environ.get("MMHNET_CPU_ARCH", "native")
-        cxxflags = ["-O3", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-fopenmp", f"-march={march}"]
+        cxxflags = ["-O3", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-fopenmp"]
+        if ext.march:
+            cxxflags.append(f"-march={ext.march}")
+        if ext.isa:
+            # one set of sources, one module per ISA: its pybind11 name and label come from here
+            cxxflags += [f"-DMMHNET_MODULE_NAME={ext.name.rsplit('.', 1)[1]}",
+                         shlex.quote(f'-DMMHNET_ISA="{ext.isa}"')]
         cxxflags += ["-Wall", "-Wno-unknown-pragmas"]
         lines = [
             f"cxx = {cxx}",
@@ -187,12 +202,23 @@ class NinjaBuildExt(build_ext):
         subprocess.run(cmd, check=True)
 
 
-_ALL_EXTENSIONS = ("mmhnet._C", "mmhnet._C_cuda")
+_ALL_EXTENSIONS = ("mmhnet._C", "mmhnet._C_avx512", "mmhnet._C_cuda")
+
+
+def _cpu_extensions(sources):
+    """The CPU module(s): see the module docstring."""
+    march = os.environ.get("MMHNET_CPU_ARCH") or None
+    if march is not None:
+        return [NinjaExtension("mmhnet._C", sources, march=march, isa=march)]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        return [NinjaExtension("mmhnet._C", sources, march="x86-64-v3", isa="avx2"),
+                NinjaExtension("mmhnet._C_avx512", sources, march="x86-64-v4", isa="avx512")]
+    return [NinjaExtension("mmhnet._C", sources, isa="default")]
 
 
 def _extensions():
     cpu_sources = sorted(glob.glob("csrc/cpu/*.cpp")) + ["csrc/module_cpu.cpp"]
-    exts = [NinjaExtension("mmhnet._C", cpu_sources)]
+    exts = _cpu_extensions(cpu_sources)
     want_cuda = _env_flag("MMHNET_BUILD_CUDA")
     if want_cuda is None:
         want_cuda = _find_nvcc() is not None and _torch_has_cuda()

@@ -13,15 +13,37 @@ import warnings
 def _info(args):
     import torch
 
-    from .ops._backend import native_module, triton_available
+    from .model.cli_common import report_error
+    from .ops._backend import BackendUnavailableError, native_module, triton_available
 
+    try:
+        cpu_mod = native_module("_C")  # the ISA build in use (MMHNET_CPU_ISA may refuse)
+    except (ValueError, BackendUnavailableError) as exc:
+        return report_error("info", exc)
     print(f"mmhnet {__import__('mmhnet').__version__}, torch {torch.__version__}")
     print(f"  triton:          {'yes' if triton_available() else 'no'}")
-    print(f"  mmhnet._C:       {'built' if native_module('_C') else 'not built'}")
+    print(f"  mmhnet._C:       {'built' if cpu_mod else 'not built'}")
+    if cpu_mod is not None:
+        print(f"  CPU kernels:     {cpu_mod.__name__} (ISA {cpu_mod.ISA}; this CPU has AVX-512: "
+              f"{'yes' if cpu_mod.cpu_supports_avx512() else 'no'})")
+    print(f"  OpenMP waiting:  {_wait_policy()}")
     cuda_mod = native_module("_C_cuda")
     print(f"  mmhnet._C_cuda:  {'built' if cuda_mod else 'not built'}")
     print(f"  CUDA device:     {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
     return 0
+
+
+def _wait_policy():
+    """The OpenMP wait policy the process runs with, and who chose it (mmhnet/__init__.py)."""
+    import os
+
+    import mmhnet
+
+    chosen = [f"{v}={os.environ[v]}" for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+              if os.environ.get(v)]
+    if not chosen:
+        return "libgomp's default (spin, then sleep): torch was imported before mmhnet"
+    return ", ".join(chosen) + (" (set by mmhnet)" if mmhnet.THREAD_POLICY_SET else " (yours)")
 
 
 def build_parser():

@@ -8,6 +8,7 @@ the backend and the reason; nothing falls back silently.
 
 import functools
 import importlib
+import importlib.util
 import os
 
 import torch
@@ -29,13 +30,64 @@ def triton_interpreting():
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
-def native_module(name):
-    """``mmhnet._C`` or ``mmhnet._C_cuda`` if built and importable, else None."""
+# MMHNET_CPU_ISA value -> the CPU module built for it (setup.py builds both on x86-64)
+CPU_ISA_MODULES = {"avx2": "_C", "avx512": "_C_avx512"}
+
+
+def select_cpu_module(forced, base_isa, avx512_built, cpu_has_avx512):
+    """The name of the CPU module to load: "_C" or "_C_avx512".
+
+    forced: $MMHNET_CPU_ISA ("avx2", "avx512") or None (then AVX-512 where built and the CPU has
+    it); base_isa: mmhnet._C's ``ISA`` label ("avx2" for the portable build, else a -march
+    value such as "native"). Raises ValueError for an unknown ISA and BackendUnavailableError
+    when the forced one cannot be loaded here.
+    """
+    if forced is None:
+        return CPU_ISA_MODULES["avx512"] if avx512_built and cpu_has_avx512 else "_C"
+    check_choice("MMHNET_CPU_ISA", forced, tuple(CPU_ISA_MODULES))
+    if forced == "avx2" and base_isa != "avx2":
+        raise BackendUnavailableError(
+            f"MMHNET_CPU_ISA=avx2: mmhnet._C was built for ISA {base_isa!r}, not the portable "
+            f"x86-64-v3 build (rebuild with MMHNET_CPU_ARCH unset)")
+    if forced == "avx512" and not avx512_built:
+        raise BackendUnavailableError(
+            "MMHNET_CPU_ISA=avx512: mmhnet._C_avx512 is not built (it is built on x86-64 when "
+            "MMHNET_CPU_ARCH is unset)")
+    if forced == "avx512" and not cpu_has_avx512:
+        raise BackendUnavailableError(
+            "MMHNET_CPU_ISA=avx512: this CPU lacks AVX-512 (F, BW, DQ and VL are needed)")
+    return CPU_ISA_MODULES[forced]
+
+
+def _import_native(name):
     try:
         return importlib.import_module(f"mmhnet.{name}")
     except ImportError:
         return None
+
+
+def _native_built(name):
+    """Whether mmhnet.<name> exists, without importing it."""
+    return importlib.util.find_spec(f"mmhnet.{name}") is not None
+
+
+@functools.lru_cache(maxsize=None)
+def native_module(name):
+    """``mmhnet._C`` (CPU kernels) or ``mmhnet._C_cuda`` if built and importable, else None.
+
+    For "_C" this is the ISA build chosen by ``select_cpu_module`` and $MMHNET_CPU_ISA:
+    ``mmhnet._C_avx512`` where it is built and the CPU has AVX-512, else ``mmhnet._C``. The
+    AVX-512 module is never imported on a CPU without it (its code may use AVX-512 anywhere).
+    """
+    module = _import_native(name)
+    if name != "_C" or module is None:
+        return module
+    probe = getattr(module, "cpu_supports_avx512", None)  # absent from builds before the pair
+    chosen = select_cpu_module(os.environ.get("MMHNET_CPU_ISA") or None,
+                               getattr(module, "ISA", "unknown"),
+                               _native_built(CPU_ISA_MODULES["avx512"]), probe is not None and probe())
+    # a chosen module that fails to import is an error, not a silent "reference" backend
+    return module if chosen == "_C" else importlib.import_module(f"mmhnet.{chosen}")
 
 
 @functools.lru_cache(maxsize=None)
