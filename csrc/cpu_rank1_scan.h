@@ -1,6 +1,8 @@
 // The one inner loop of every CPU scan pass (scan_params.h): a register-tiled rank-1 scan
 //     S_k = m_k S_{k-1} + v_k (x) b_k,     out_k[i] = sum_j c_k[j] S_k[i][j]
-// over a block of steps. The passes keep their state in "rescaled" form (cpu_scan_schedule.h), so
+// over a block of steps; or, "exclusive", out_k[i] = sum_j c_k[j] (m_k S_{k-1})[i][j], the
+// output without the step's own term v_k[i] (b_k . c_k), for the backward passes whose
+// log-decay terms must leave it out (scan_params.h). The passes keep their state in "rescaled" form (cpu_scan_schedule.h), so
 // the decay is folded into v, c and the output scale and appears here only as the rare
 // multiplier m_k != 1; a step costs two FMAs per state element.
 //
@@ -83,7 +85,7 @@ class PrefetchIssuer {
 };
 
 // One tile: lanes [i0, i0 + kLanes) x columns [j0, j0 + kTileJ); pointers already offset.
-template <typename T>
+template <bool kExclusive, typename T>
 inline void rank1_scan_tile(int64_t nsteps, const T* v, const T* b, const T* c, const T* mult,
                             int64_t ipad, int64_t jpad, T* state, T* out, bool accumulate,
                             const Prefetches& pf) {
@@ -104,8 +106,9 @@ inline void rank1_scan_tile(int64_t nsteps, const T* v, const T* b, const T* c, 
         Vec<T> acc[kAccumulators] = {};
 #pragma GCC unroll 16
         for (int j = 0; j < kTileJ; ++j) {
+            if (kExclusive) acc[j % kAccumulators] += s[j] * ck[j];
             s[j] += vk * bk[j];
-            acc[j % kAccumulators] += s[j] * ck[j];
+            if (!kExclusive) acc[j % kAccumulators] += s[j] * ck[j];
         }
 #pragma GCC unroll 4
         for (int a = 1; a < kAccumulators; ++a) acc[0] += acc[a];
@@ -119,7 +122,7 @@ inline void rank1_scan_tile(int64_t nsteps, const T* v, const T* b, const T* c, 
 }
 
 // All tiles of a block of steps. state: jpad x ipad; out: nsteps x ipad (overwritten).
-template <typename T>
+template <bool kExclusive = false, typename T>
 void rank1_scan_block(int64_t nsteps, const T* v, const T* b, const T* c, const T* mult,
                       int64_t ipad, int64_t jpad, T* state, T* out, const Prefetches& pf = {}) {
     const int64_t tiles = (ipad / kLanes<T>) * (jpad / kTileJ);
@@ -136,7 +139,7 @@ void rank1_scan_block(int64_t nsteps, const T* v, const T* b, const T* c, const 
             share.nread = std::max<int64_t>(0, std::min(rshare, pf.nread - tile * rshare));
             share.write = pf.write + std::min(pf.nwrite, tile * wshare);
             share.nwrite = std::max<int64_t>(0, std::min(wshare, pf.nwrite - tile * wshare));
-            rank1_scan_tile(nsteps, v + i0, b + j0, c + j0, mult, ipad, jpad,
+            rank1_scan_tile<kExclusive>(nsteps, v + i0, b + j0, c + j0, mult, ipad, jpad,
                             state + j0 * ipad + i0, out + i0, j0 > 0, share);
         }
     }

@@ -1,6 +1,7 @@
 // The gradient of the log-decays from the backward's per-step terms, shared by the CPU and CUDA
 // scans (maths: scan_params.h). Per head and direction, in processing order k = 0 .. n-1:
-//     g_k = g(log a_k) = sum_{k' >= k} dlog_k',   dlog_k = C_k.dC_k - B_k.dB_k.
+//     g_k = g(log a_k) = sum_{k' >= k} dlog_k',   dlog_k = C_k.dC'_k - B_k.dB'_k,
+// dC' and dB' without the step's own term, which cancels (scan_params.h).
 // g is known exactly at k = n (0: no later step), at each anchor (an inner product of states),
 // at k = 0 (0: the state before the first step is zero) and, in quasiseparable mode, at k = n-1
 // (0: the last state feeds no output). Between two such points, hi above and lo below, the

@@ -18,11 +18,15 @@
 //     g(log a_k) = sum_{k' >= k} (C_k'.dC_k' - B_k'.dB_k')  =  a_k <dS_k, S_{k-1}>,
 // so the backward recomputes nothing but these four scans. The sum telescopes: its terms do not
 // shrink with g(log a_k), so their rounding errors add up along the sequence, and dA and dt_bias
-// (sums of g(log a) over all tokens) would lose precision in proportion to the length. So at
-// "anchors" (every 64 steps on CPU, max(64, 4 * dstate) on CUDA) the sum is made exact from the
-// inner product on the right, which the F_n and R_n passes' states give there (the F_n pass
-// saves its state for the R_n pass), and at k = 0 it is 0; the drift between two exact points is
-// taken off linearly (log_decay_sweep.h).
+// (sums of g(log a) over all tokens) would lose precision in proportion to the length. Each
+// step's own term (C_k.B_k)(u_k.gyhat_k) enters C_k.dC_k and B_k.dB_k alike and cancels: the
+// F_n and R_n passes output dC and dB without it ("exclusive": from a_k S_{k-1}, not S_k) for
+// the terms, then add it, as under strong decay it dwarfs g(log a_k) (which holds a_k) and its
+// rounding did too (issue 20). At "anchors" (every 64 steps on CPU, fewer under strong decay;
+// max(64, 4 * dstate) on CUDA) the sum is made exact from the inner product on the right, which
+// the F_n and R_n passes' states give there (the F_n pass saves its state for the R_n pass), and
+// at k = 0 it is 0; the drift between two exact points is taken off linearly
+// (log_decay_sweep.h).
 //
 // dtypes: the "big" tensors (x, z, B, C, B_rev, C_rev, y, dy, dx, dz) have the storage dtype
 // `dtype`; the compute dtype is float64 for float64 storage and float32 otherwise (the state is

@@ -11,9 +11,14 @@
 // before it), which is 0 wherever h_{k-1} is. Its terms are not small, so their rounding errors
 // accumulate along the sequence, and dA and dt_bias sum g(log a) over every token: summed
 // plainly, their relative error would grow with the sequence length (~1e-2 at 65536 steps in
-// float32). So every kAnchorSteps steps the sum is made exact from the inner product itself (an
-// "anchor"), taken from the states the two passes hold at a block boundary there, and the drift
-// between anchors is taken off linearly (log_decay_sweep.h).
+// float32). So the terms leave out each step's own product (C.B)(u.gyhat), which cancels
+// between C.dC and B.dB and dwarfs g(log a) under strong decay (the F_n and R_n scans output dC
+// and dB without it, and it is added after), and every AnchorGrid::spacing steps (64, fewer
+// under strong decay) the sum is made exact from the inner product itself (an "anchor"), taken
+// from the states the two passes hold where they split a block there; the drift between
+// anchors is taken off linearly (log_decay_sweep.h).
+#include <algorithm>
+#include <cmath>
 #include <stdexcept>
 
 #include "cpu_scan.h"
@@ -23,6 +28,52 @@
 namespace mmhnet {
 namespace cpu {
 namespace {
+
+// Anchors sit at steps m = spacing, 2 spacing, ... < n of a head's processing order; both
+// passes split their blocks there. spacing is kBlockSteps for moderate decays: at 8192 steps
+// the float32 error of dA is then ~3e-6 (median; 1.3e-5 with anchors every 256 steps, whose
+// tail reached 6e-5), for ~5% of the backward's time. Strong decays make the log-decay terms
+// large against g(log a) itself (a pair of steps enters g only where it is crossed, but the
+// terms at both of its ends), so the error between two anchors grows with the decay: the
+// spacing halves, down to kDenseAnchorSteps, while spacing * (the head's mean |log a| per step)
+// > kBlockSteps (issue 20: 64 tokens with |log a| up to 32 had dA errors up to 8.8e-5 with
+// anchors every 64 steps, 1.1e-5 every 8). For long sequences it doubles so that the unit's
+// saved states stay under kAnchorBytes.
+constexpr int64_t kAnchorSteps = kBlockSteps;
+constexpr int64_t kDenseAnchorSteps = 8;
+constexpr int64_t kAnchorBytes = int64_t(16) << 20;
+
+// The smallest spacing (kDenseAnchorSteps times a power of two) at which nh heads' saved
+// states fit kAnchorBytes.
+inline int64_t min_anchor_spacing(int64_t n, int64_t nh, int64_t state_bytes) {
+    int64_t spacing = kDenseAnchorSteps;
+    while ((n - 1) / spacing * nh * state_bytes > kAnchorBytes) spacing *= 2;
+    return spacing;
+}
+
+struct AnchorGrid {
+    int64_t spacing = kAnchorSteps, count = 0;
+
+    AnchorGrid() = default;
+    AnchorGrid(int64_t n, int64_t min_spacing, double mean_log_decay) {
+        while (spacing > kDenseAnchorSteps && double(spacing) * mean_log_decay > double(kBlockSteps)) spacing /= 2;
+        spacing = std::max(spacing, min_spacing);
+        count = (n - 1) / spacing;
+    }
+    // Index of the anchor at step m, or -1.
+    int64_t at(int64_t m) const { return m > 0 && m % spacing == 0 && m / spacing <= count ? m / spacing - 1 : -1; }
+    // Steps from step k up to the next multiple of spacing (F_n), or down to the one before
+    // (R_n, which runs down from step k - 1): where an anchor may sit.
+    int64_t to_next(int64_t k) const { return spacing - k % spacing; }
+    int64_t to_prev(int64_t k) const { return k % spacing ? k % spacing : spacing; }
+};
+
+// Mean |log a_k| = dt'_k |A| over a head's steps in one direction.
+inline double mean_log_decay(const double* dt_eff, int64_t n, double A) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; ++i) sum += dt_eff[i];
+    return sum * std::abs(A) / double(n);
+}
 
 template <typename T>
 struct BackwardScratch {
@@ -35,25 +86,8 @@ struct BackwardScratch {
     Buffer<T> anchor_states;             // per anchor and head: the state h_{m-1} / alpha
     std::vector<double> anchor_scale;    // per anchor and head: its alpha
     std::vector<double> anchor_glog;     // per head and anchor: g(log a_m)
-};
-
-// Anchors sit at steps m = spacing, 2 spacing, ... < n of the processing order; spacing is a
-// multiple of kBlockSteps, so that both passes end a block there, and doubles for long
-// sequences so that the saved states stay under kAnchorBytes.
-// Every block: at 8192 steps the float32 error of dA is then ~3e-6 (median; 1.3e-5 with anchors
-// every 256 steps, whose tail reached 6e-5), for ~5% of the backward's time.
-constexpr int64_t kAnchorSteps = kBlockSteps;
-constexpr int64_t kAnchorBytes = int64_t(16) << 20;
-
-struct AnchorGrid {
-    int64_t spacing, count;
-
-    AnchorGrid(int64_t n, int64_t nh, int64_t state_bytes) : spacing(kAnchorSteps) {
-        while ((n - 1) / spacing * nh * state_bytes > kAnchorBytes) spacing *= 2;
-        count = (n - 1) / spacing;
-    }
-    // Index of the anchor at step m, or -1.
-    int64_t at(int64_t m) const { return m > 0 && m % spacing == 0 && m / spacing <= count ? m / spacing - 1 : -1; }
+    std::vector<double> step_scale;      // per step of a block: the pass's alpha or beta
+    std::vector<AnchorGrid> anchors;     // per head
 };
 
 // Where one direction's gradients for one head go: its own tensors, or the forward ones it
@@ -88,6 +122,14 @@ inline void store_row(const Rows<T>& dst, int64_t t, const T* src, int64_t count
     } else {
         for (int64_t i = 0; i < count; ++i) d[i * s] = src[i];
     }
+}
+
+// out += v (b . c): the step's own term, which the exclusive F_n and R_n scans leave out of
+// dC and dB (rows padded: v to nv, b and c to nbc entries).
+template <typename T>
+inline void add_own_term(T* out, const T* v, const T* b, const T* c, int64_t nv, int64_t nbc) {
+    const T own = T(vdot(b, c, nbc));
+    for (int64_t i = 0; i < nv; ++i) out[i] += own * v[i];
 }
 
 // The output gradient gyp of a unit: kept in scratch (time-major rows) when gated, else read
@@ -156,15 +198,24 @@ void backward_direction(const ScanParams& P, const Unit& u, bool reverse, bool f
     const int64_t shift = P.quasi ? 1 : 0;
 
     ws.dlog.assign(nh * n, 0.0);  // C.dC - B.dB per head and step
-    const AnchorGrid anchors(n, nh, state * static_cast<int64_t>(sizeof(T)));
-    T* anchor_states = grown(ws.anchor_states, anchors.count * nh * state);
-    ws.anchor_scale.resize(anchors.count * nh);
-    ws.anchor_glog.resize(nh * anchors.count);
+    // per head: its anchors; the saved states take max_anchors slots per head
+    const int64_t min_spacing = min_anchor_spacing(n, nh, state * static_cast<int64_t>(sizeof(T)));
+    ws.anchors.resize(nh);
+    int64_t max_anchors = 0;
+    for (int64_t hl = 0; hl < nh; ++hl) {
+        const double A = HeadParams<T>(P, u.b, u.h0 + hl, reverse).A;
+        ws.anchors[hl] = AnchorGrid(n, min_spacing, mean_log_decay(ws.schedule.dt_eff(reverse, hl), n, A));
+        max_anchors = std::max(max_anchors, ws.anchors[hl].count);
+    }
+    T* anchor_states = grown(ws.anchor_states, max_anchors * nh * state);
+    ws.anchor_scale.resize(max_anchors * nh);
+    ws.anchor_glog.resize(nh * max_anchors);
     ws.xgu.resize(nh * n);        // x . du per head and step
     T* rb = grown(ws.rb, kBlockSteps * pp);
     T* rc = grown(ws.rc, kBlockSteps * pp);
     T* mult = grown(ws.mult, kBlockSteps);
     T* scale = grown(ws.scale, kBlockSteps);
+    ws.step_scale.resize(kBlockSteps);
     T* out_n = grown(ws.out_n, kBlockSteps * npd);
     T* out_p = grown(ws.out_p, kBlockSteps * pp);
     T* states_n = grown(ws.states_n, nh * state);
@@ -198,6 +249,7 @@ void backward_direction(const ScanParams& P, const Unit& u, bool reverse, bool f
             for (int64_t kk = 0; kk < nb; ++kk) {
                 const int64_t k = k0 + kk, i = order.index(k);
                 mult[kk] = ws.rescale[hl].step(decay[i], alpha);
+                ws.step_scale[kk] = alpha;
                 gather_row(rb + kk * pp, hp.x, u.begin + i, np, pp, T(dt_eff[i] / alpha));
                 gyp.row(hl, k + shift < n ? order.index(k + shift) : -1, rc + kk * pp, T(alpha));
             }
@@ -208,18 +260,24 @@ void backward_direction(const ScanParams& P, const Unit& u, bool reverse, bool f
             if (!P.z.present()) ws.prefetch.rows(Rows<T>(P.dy, u.b, next_head), order, next.k0 + shift, kBlockSteps, np, false);
             ws.prefetch.rows(GradTargets<T>(P, u, next_head, reverse, !first).dC, order, next.k0, kBlockSteps, nn, true);
             if (next.new_block) prefetch_bc_rows<T>(ws.prefetch, P, u, order, reverse, next.k0);
-            rank1_scan_block(nb, rows.b_of(hp.group), rb, rc, mult, npd, pp, states_n + hl * state, out_n,
-                             ws.prefetch.get());
-            const int64_t a = anchors.at(k0 + nb);  // states_n holds h_{k0+nb-1} / alpha
-            if (a >= 0) {
-                std::copy(states_n + hl * state, states_n + (hl + 1) * state, anchor_states + (a * nh + hl) * state);
-                ws.anchor_scale[a * nh + hl] = alpha;
+            const T* brows = rows.b_of(hp.group);
+            for (int64_t s0 = 0, s1; s0 < nb; s0 = s1) {  // sub-blocks ending where an anchor may sit
+                s1 = std::min(nb, s0 + ws.anchors[hl].to_next(k0 + s0));
+                rank1_scan_block<true>(s1 - s0, brows + s0 * npd, rb + s0 * pp, rc + s0 * pp, mult + s0, npd, pp,
+                                       states_n + hl * state, out_n + s0 * npd,
+                                       s0 == 0 ? ws.prefetch.get() : Prefetches{});
+                const int64_t a = ws.anchors[hl].at(k0 + s1);  // states_n holds h_{k0+s1-1} / alpha
+                if (a >= 0) {
+                    std::copy(states_n + hl * state, states_n + (hl + 1) * state, anchor_states + (a * nh + hl) * state);
+                    ws.anchor_scale[a * nh + hl] = ws.step_scale[s1 - 1];
+                }
             }
             const T* crows = rows.c_of(hp.group);
             for (int64_t kk = 0; kk < nb; ++kk) {
                 const int64_t k = k0 + kk;
-                const T* g = out_n + kk * npd;
+                T* g = out_n + kk * npd;  // dC_k without its own term B_k (u_k . gyhat_k)
                 ws.dlog[hl * n + k] += vdot(crows + kk * npd, g, npd);
+                add_own_term(g, brows + kk * npd, rb + kk * pp, rc + kk * pp, npd, pp);
                 store_row(out.dC, order.token(k), g, nn, out.acc_dC);
             }
         }
@@ -250,6 +308,7 @@ void backward_direction(const ScanParams& P, const Unit& u, bool reverse, bool f
                 const int64_t k = n - 1 - (j0 + jj), i = order.index(k);
                 mult[jj] = ws.rescale[hl].step(k + 1 < n ? decay[order.index(k + 1)] : 1.0, beta);
                 scale[jj] = T(beta);
+                ws.step_scale[jj] = beta;
                 gyp.row(hl, k + shift < n ? order.index(k + shift) : -1, rb + jj * pp, T(1.0 / beta));
                 gather_row(rc + jj * pp, hp.x, u.begin + i, np, pp, T(dt_eff[i] * beta));
             }
@@ -263,18 +322,24 @@ void backward_direction(const ScanParams& P, const Unit& u, bool reverse, bool f
             ws.prefetch.rows(GradTargets<T>(P, u, next_head, reverse, !first).dB, adjoint, next.k0, kBlockSteps, nn, true);
             ws.prefetch.rows(Rows<T>(P.dx, u.b, next_head), adjoint, next.k0, kBlockSteps, np, true);
             if (next.new_block) prefetch_bc_rows<T>(ws.prefetch, P, u, adjoint, reverse, next.k0);
-            rank1_scan_block(nb, crows, rb, rc, mult, npd, pp, states_n + hl * state, out_n, ws.prefetch.get());
-            const int64_t m = n - j0 - nb, a = anchors.at(m);  // states_n holds lambda_m / beta
-            if (a >= 0) {
-                ws.anchor_glog[hl * anchors.count + a] =
-                    decay[order.index(m)] * beta * ws.anchor_scale[a * nh + hl] *
-                    vdot(states_n + hl * state, anchor_states + (a * nh + hl) * state, state);
+            for (int64_t s0 = 0, s1; s0 < nb; s0 = s1) {  // sub-blocks ending where an anchor may sit
+                s1 = std::min(nb, s0 + ws.anchors[hl].to_prev(n - j0 - s0));
+                rank1_scan_block<true>(s1 - s0, crows + s0 * npd, rb + s0 * pp, rc + s0 * pp, mult + s0, npd, pp,
+                                       states_n + hl * state, out_n + s0 * npd,
+                                       s0 == 0 ? ws.prefetch.get() : Prefetches{});
+                const int64_t m = n - j0 - s1, a = ws.anchors[hl].at(m);  // states_n holds lambda_m / beta
+                if (a >= 0) {
+                    ws.anchor_glog[hl * max_anchors + a] =
+                        decay[order.index(m)] * ws.step_scale[s1 - 1] * ws.anchor_scale[a * nh + hl] *
+                        vdot(states_n + hl * state, anchor_states + (a * nh + hl) * state, state);
+                }
             }
             rank1_scan_block(nb, rb, crows, brows, mult, pp, npd, states_p + hl * state, out_p);
             for (int64_t jj = 0; jj < nb; ++jj) {
                 const int64_t k = n - 1 - (j0 + jj), i = order.index(k), t = u.begin + i;
-                const T* gB = out_n + jj * npd;
+                T* gB = out_n + jj * npd;  // dB_k without its own term C_k (gyhat_k . u_k)
                 ws.dlog[hl * n + k] -= vdot(brows + jj * npd, gB, npd);
+                add_own_term(gB, crows + jj * npd, rb + jj * pp, rc + jj * pp, npd, pp);
                 store_row(out.dB, t, gB, nn, out.acc_dB);
                 T* gu = out_p + jj * pp;
                 for (int64_t p = 0; p < pp; ++p) gu[p] *= scale[jj];
@@ -303,10 +368,10 @@ void backward_direction(const ScanParams& P, const Unit& u, bool reverse, bool f
         const GradTargets<T> out(P, u, head, reverse, !first);
         const double* dt_eff = ws.schedule.dt_eff(reverse, hl);
         const double* dlog = ws.dlog.data() + hl * n;
-        const double* anchor_glog = ws.anchor_glog.data() + hl * anchors.count;
+        const double* anchor_glog = ws.anchor_glog.data() + hl * max_anchors;
         double dA = 0.0;
         const auto at_anchor = [&](int64_t k, double& value) {
-            const int64_t a = anchors.at(k);
+            const int64_t a = ws.anchors[hl].at(k);
             if (a >= 0) value = anchor_glog[a];
             return a >= 0;
         };

@@ -1,5 +1,7 @@
 // The rank-1 scan on CUDA: every pass of the scans' forward and backward (scan_params.h)
 //     S_k = a_k S_{k-1} + v_k (x) b_k,     out_k[i] = sum_j c_k[j] S_k[i][j]
+// The dC and dB passes take their log-decay terms from the output without the step's own term
+// v_k[i] (b_k . c_k) (scan_params.h), then add that term for the gradient itself.
 // One block per (task, direction), one thread per state row i holding the row's J entries in
 // registers; b and c rows are staged in shared memory a few steps at a time. The per-step dot
 // products the backward needs (C.dC, B.dB, x.du) are reduced in a fixed order (deterministic).
@@ -21,7 +23,7 @@ template <typename S, typename C, int JMAX>
 __global__ void __launch_bounds__(kMaxDim) rank1_scan_kernel(const ScanParams P, Rank1Pass pass, int dir0) {
     constexpr int T = kStageSteps<C>;
     __shared__ C sb[T][JMAX], sc[T][JMAX], sdot[T][kMaxDim];
-    __shared__ C sdt[T], sdecay[T], sanchor[kMaxDim];
+    __shared__ C sdt[T], sdecay[T], sown[T], sanchor[kMaxDim];
     __shared__ int64_t stoken[T], starget[T];
 
     const int d = dir0 + blockIdx.y;
@@ -32,6 +34,7 @@ __global__ void __launch_bounds__(kMaxDim) rank1_scan_kernel(const ScanParams P,
     const DirectionTensors dir(P, reverse);
     const bool adjoint = pass == Rank1Pass::kGradB || pass == Rank1Pass::kGradInput;
     const bool lanes_p = pass == Rank1Pass::kForwardOut || pass == Rank1Pass::kGradInput;
+    const bool exclusive = pass == Rank1Pass::kGradC || pass == Rank1Pass::kGradB;
     const int64_t I = lanes_p ? P.headdim : P.dstate, J = lanes_p ? P.dstate : P.headdim;
     const int64_t shift = P.quasi ? 1 : 0;
     const C A = at1<C>(*dir.A, h);
@@ -91,6 +94,14 @@ __global__ void __launch_bounds__(kMaxDim) rank1_scan_kernel(const ScanParams P,
             sc[kk][j] = cv;
         }
         __syncthreads();
+        if (exclusive) {  // each step's own coefficient b_k . c_k, summed in a fixed order
+            if (threadIdx.x < ns) {
+                C own = C(0);
+                for (int j = 0; j < JMAX; ++j) own += sb[threadIdx.x][j] * sc[threadIdx.x][j];
+                sown[threadIdx.x] = own;
+            }
+            __syncthreads();
+        }
         for (int kk = 0; kk < ns; ++kk) {
             if (i >= I) break;
             const int64_t tok = stoken[kk], target = starget[kk];
@@ -102,11 +113,20 @@ __global__ void __launch_bounds__(kMaxDim) rank1_scan_kernel(const ScanParams P,
                 default: v = target >= 0 ? gyp[ws_index(P, b, target, h, P.headdim, i)] : C(0); break;
             }
             const C a = sdecay[kk];
-            C acc = C(0);
+            C acc = C(0);  // exclusive: without the step's own term
+            if (exclusive) {
 #pragma unroll
-            for (int j = 0; j < JMAX; ++j) {
-                state[j] = a * state[j] + v * sb[kk][j];
-                acc += sc[kk][j] * state[j];
+                for (int j = 0; j < JMAX; ++j) {
+                    const C decayed = a * state[j];
+                    acc += sc[kk][j] * decayed;
+                    state[j] = decayed + v * sb[kk][j];
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < JMAX; ++j) {
+                    state[j] = a * state[j] + v * sb[kk][j];
+                    acc += sc[kk][j] * state[j];
+                }
             }
             switch (pass) {
                 case Rank1Pass::kForwardOut:
@@ -118,7 +138,8 @@ __global__ void __launch_bounds__(kMaxDim) rank1_scan_kernel(const ScanParams P,
                 case Rank1Pass::kGradC: {
                     const bool own = reverse && P.C_rev.present();
                     C* dst = at4<C>(own ? P.dC_rev_heads : P.dC_heads, b, tok, h, i);
-                    *dst = later && !own ? *dst + acc : acc;
+                    const C grad = acc + v * sown[kk];
+                    *dst = later && !own ? *dst + grad : grad;
                     sdot[kk][i] = acc * to_compute<C>(*at4<const S>(*dir.C, b, tok, g, i));
                     const int64_t slot = task.anchor_slot(P, s0 + kk + 1);  // state = h_{m-1}
                     if (slot >= 0) {
@@ -133,7 +154,8 @@ __global__ void __launch_bounds__(kMaxDim) rank1_scan_kernel(const ScanParams P,
                 case Rank1Pass::kGradB: {
                     const bool own = reverse && P.B_rev.present();
                     C* dst = at4<C>(own ? P.dB_rev_heads : P.dB_heads, b, tok, h, i);
-                    *dst = later && !own ? *dst + acc : acc;
+                    const C grad = acc + v * sown[kk];
+                    *dst = later && !own ? *dst + grad : grad;
                     sdot[kk][i] = acc * to_compute<C>(*at4<const S>(*dir.B, b, tok, g, i));
                     const int64_t slot = task.anchor_slot(P, n - 1 - (s0 + kk));  // state = dS_m
                     if (slot >= 0) {
