@@ -2,6 +2,7 @@
 
     python -m benchmarks.run                 # all sections, CUDA if present else CPU
     python -m benchmarks.run --only scan     # some sections
+    python -m benchmarks.run --only threads  # opt-in: a training step beside a competing load
     python -m benchmarks.run --full          # the long sweeps (CPU: over an hour, ~11 GiB)
     python -m benchmarks.run --quick         # the short sizes (the default on CPU)
     python -m benchmarks.run --out DIR       # also write each table to DIR/<section>.md
@@ -26,13 +27,15 @@ import torch
 from .common import machine_description, sync, today
 
 SECTIONS = ["target", "scan", "scan_cpu", "precision", "layers", "routing", "profile"]
+# run only when named (--only threads): it loads one core with a spinning process for minutes
+OPT_IN_SECTIONS = ["threads"]
 # section -> (module, function) where it is not bench_<section>.run
 SECTION_FUNCTIONS = {"target": ("bench_scan", "run_target")}
 WARMUPS = ("ours", "mamba", "fla")
 # Seconds each section took in the short CPU plan (benchmarks/RESULTS.md, "make bench"); the
 # progress lines scale them by how fast this run has gone so far.
 TYPICAL_SECONDS = {"target": 1, "scan": 25, "scan_cpu": 35, "precision": 12, "layers": 100,
-                   "routing": 170, "profile": 100}
+                   "routing": 170, "profile": 100, "threads": 90}
 
 
 def progress_line(done, sections, elapsed, spent):
@@ -73,7 +76,8 @@ def warm_up(name, device, batch=8, tokens=9375):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="*", default=None, help=f"sections among {SECTIONS}")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help=f"sections among {SECTIONS} (default: all), or opt-in {OPT_IN_SECTIONS}")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     plan = parser.add_mutually_exclusive_group()
     plan.add_argument("--quick", action="store_true", default=None,
