@@ -66,24 +66,30 @@ def _direction_grads(x, dy, CB, DYX, dtp, lam, A, B_base, s_bl, s_bn, C_base, s_
     row), so that only (Q, BLOCK_K) and (P, BLOCK_K) slices of them are live: whole (Q, dstate)
     and (headdim, dstate) tiles made this kernel spill registers."""
     L = tl.cumsum(lam, 0)
-    Lex = L - lam
     L_end = tl.sum(lam, 0)
     t = i[:, None]
     s = i[None, :]
     same = seq[:, None] == seq[None, :]
+    # reach[t, s]: s is in t's state. D[t, s]: the log-decay from s to t, summed over the tokens
+    # between (the segment sum), not a difference of two cumulative sums, whose float32 error
+    # grows with |L| (~1e3 under strong decay) rather than with D itself.
     if IS_REV:
-        W = tl.exp(tl.where((s >= t) & same, Lex[None, :] - Lex[:, None], float("-inf")))
-        w_out = tl.where(seq == seq_next, tl.exp(L_end - Lex), 0.0)
-        w_in = tl.where(seq == seq_prev, tl.exp(Lex), 0.0)
+        reach = (s >= t) & same
+        D = tl.cumsum(tl.where(t < s, lam[:, None], 0.0), 0, reverse=True)  # sum t <= k < s
+        w_out = tl.where(seq == seq_next, tl.exp(tl.cumsum(lam, 0, reverse=True)), 0.0)
+        w_in = tl.where(seq == seq_prev, tl.exp(tl.sum(tl.where(t == 0, D, 0.0), 0)), 0.0)
     else:
-        W = tl.exp(tl.where((s <= t) & same, L[:, None] - L[None, :], float("-inf")))
+        reach = (s <= t) & same
+        D = tl.cumsum(tl.where(t > s, lam[:, None], 0.0), 0)  # sum s < k <= t
         w_out = tl.where(seq == seq_prev, tl.exp(L), 0.0)
-        w_in = tl.where(seq == seq_next, tl.exp(L_end - L), 0.0)
+        w_in = tl.where(seq == seq_next,
+                        tl.exp(tl.sum(tl.where(t == tl.max(i, 0), D, 0.0), 0)), 0.0)
+    W = tl.exp(tl.where(reach, D, float("-inf")))
     gB = mm(tl.trans(W * CB), dy, MM_DTYPE, PREC)
     # WDt[t, s]: weight of (t, s) in dC_t (times B_s) and in dB_s (times C_t)
     WDt = W * DYX * dtp[None, :]
-    e = tl.zeros_like(dtp)
-    T = 0.0
+    q = tl.zeros_like(dtp)  # C_t . dC_t through the state entering the chunk
+    r = tl.zeros_like(dtp)  # B_s . dB_s through the adjoint entering it
     through = 0.0
     for k in range(0, BLOCK_N, BLOCK_K):
         offs_k = k + tl.arange(0, BLOCK_K)
@@ -97,26 +103,29 @@ def _direction_grads(x, dy, CB, DYX, dtp, lam, A, B_base, s_bl, s_bn, C_base, s_
         gB += w_in[:, None] * mm(Bk, tl.trans(Adj_k), MM_DTYPE, PREC)
         dC_in = w_out[:, None] * mm(dy, S_k, MM_DTYPE, PREC)
         dC = mm(WDt, Bk, MM_DTYPE, PREC) + dC_in
-        e += tl.sum(Ck * dC, 1)
-        T += tl.sum(tl.sum(Ck * dC_in, 1), 0)
+        q += tl.sum(Ck * dC_in, 1)
         _store_or_add(dC_rows[:, None] + offs_k[None, :], dC, io_k, ADD_C)
-        dB = mm(tl.trans(WDt), Ck, MM_DTYPE, PREC) \
-            + (dtp * w_in)[:, None] * mm(x, Adj_k, MM_DTYPE, PREC)
-        e -= tl.sum(Bk * dB, 1)
+        dB_in = (dtp * w_in)[:, None] * mm(x, Adj_k, MM_DTYPE, PREC)
+        dB = mm(tl.trans(WDt), Ck, MM_DTYPE, PREC) + dB_in
+        r += tl.sum(Bk * dB_in, 1)
         _store_or_add(dB_rows[:, None] + offs_k[None, :], dB, io_k, ADD_B)
     ddt_in = tl.sum(x * gB, 1)
     dx = dtp[:, None] * gB
-    # d lam_u: the sum of e over the tokens the direction reaches before u, written with the
-    # part outside the chunk on its entering side (the boundary term T, from this chunk's own
-    # tiles) because e sums to zero over a sequence. So d lam is exactly 0 at the direction's
-    # first token of a sequence (a one-token sequence gets dA = 0), as the state before it is.
-    T += tl.where(seq_next == seq_prev, tl.exp(L_end), 0.0) * through
-    if IS_REV:
-        dlam = -tl.sum(tl.where((s > t) & same, e[None, :], 0.0), 1)
-        dlam += tl.where(seq == seq_next, T, 0.0)
-    else:
-        dlam = -tl.sum(tl.where((s < t) & same, e[None, :], 0.0), 1)
-        dlam += tl.where(seq == seq_prev, T, 0.0)
+    # d lam_u: the gradient of every pair (t, s) whose decay path crosses u, summed directly:
+    # pairs inside the chunk (G, the gradient of each pair's log-weight), pairs with one end
+    # outside (q: through the entering state, r: through the entering adjoint) and pairs with
+    # both ends outside (through). Not telescoped from e_k = C_k . dC_k - B_k . dB_k, whose
+    # terms are as large as the pairs at both of their ends and cancel to a small d lam under
+    # strong decay (float32 dA errors up to ~3e-3, issue 20). No pair crosses the direction's
+    # first token of a sequence: there d lam is exactly 0 (a one-token sequence gets dA = 0).
+    G = tl.where(reach, WDt * CB, 0.0)
+    if IS_REV:  # pairs t <= u < s
+        dlam = tl.sum(tl.where(s > t, tl.cumsum(G, 0), 0.0), 1) + tl.cumsum(q, 0) \
+            + tl.sum(tl.where(s > t, r[None, :], 0.0), 1)
+    else:  # pairs s < u <= t
+        dlam = tl.sum(tl.where(s < t, tl.cumsum(G, 0, reverse=True), 0.0), 1) \
+            + tl.cumsum(q, 0, reverse=True) + tl.sum(tl.where(s < t, r[None, :], 0.0), 1)
+    dlam += tl.where(seq_next == seq_prev, tl.exp(L_end) * through, 0.0)
     dA = tl.sum(dtp * dlam, 0)
     ddtp = ddt_in + A * dlam
     return dx, ddtp, dA
