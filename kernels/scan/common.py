@@ -3,10 +3,10 @@
 Notation (one head, one chunk of Q tokens, DESIGN.md Op 1):
     dt'_t  effective step (bias, softplus), 0 outside the row
     lam_t  = dt'_t A               log-decay of token t (<= 0)
-    L_t    = sum_{u<=t} lam_u      chunk-local inclusive cumulative log-decay (restarted at
-                                   every sequence start, see seq_cumsum)
+    L_t    = sum_{u<=t} lam_u      chunk-local inclusive cumulative log-decay (a non-finite
+                                   lam only reaches its own sequence, see seq_cumsum)
     Lex_t  = L_t - lam_t           chunk-local exclusive cumulative log-decay
-    L_end  = sum over the chunk's last sequence (the whole chunk when one sequence fills it)
+    L_end  = sum over the chunk
 Forward direction:  weight of token s in h_t is exp(L_t - L_s)       (s <= t)
 Reverse direction:  weight of token s in r_t is exp(Lex_s - Lex_t)   (s >= t)
 
@@ -162,14 +162,22 @@ def load_state(ptr, offs_p, offs_n, P, N):
 
 @triton.jit
 def seq_cumsum(lam, seq, seq_last, i, HAS_SEQ: tl.constexpr):
-    """(L, L_end) of a chunk's log-decays lam (Q,): the inclusive cumulative sum restarted at
-    every sequence start, and the sum over the chunk's last sequence. Summed per sequence (a
-    masked sum, not differences of one cumsum over the chunk) so that a NaN or inf decay of one
-    sequence never enters another's."""
+    """(L, L_end) of a chunk's log-decays lam (Q,): the inclusive cumulative sum and the sum over
+    the chunk; in-sequence decays are differences of them. With packed sequences a
+    non-finite lam (NaN, inf) enters the sums as 0 and makes L NaN from its token on in its own
+    sequence only (L_end too if that is the last), so it never reaches another sequence through
+    a difference. Finite inputs give the plain chunk cumsum's values, bit for bit; the masked
+    (Q, Q) sum runs only in a chunk holding a non-finite decay."""
     if HAS_SEQ:
-        reach = (i[None, :] <= i[:, None]) & (seq[None, :] == seq[:, None])
-        L = tl.sum(tl.where(reach, lam[None, :], 0.0), 1)
-        L_end = tl.sum(tl.where(seq == seq_last, lam, 0.0), 0)
+        finite = tl.abs(lam) < float("inf")  # False for NaN too
+        L = tl.cumsum(tl.where(finite, lam, 0.0), 0)
+        L_end = tl.sum(tl.where(finite, lam, 0.0), 0)
+        if tl.sum(tl.where(finite, 0, 1), 0) > 0:
+            reach = (i[None, :] <= i[:, None]) & (seq[None, :] == seq[:, None])
+            hits = tl.sum(tl.where(reach & ~finite[None, :], 1, 0), 1)
+            L = tl.where(hits > 0, float("nan"), L)
+            L_end = tl.where(tl.sum(tl.where((seq == seq_last) & ~finite, 1, 0), 0) > 0,
+                             float("nan"), L_end)
     else:
         L = tl.cumsum(lam, 0)
         L_end = tl.sum(lam, 0)
