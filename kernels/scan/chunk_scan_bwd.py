@@ -27,7 +27,8 @@ another's.
 import triton
 import triton.language as tl
 
-from .common import chunk_coords, chunk_seq_ids, load_dt_pair, load_rows, load_state, mm
+from .common import (chunk_coords, chunk_seq_ids, load_dt_pair, load_rows, load_state, mm,
+                     mm_tokens, seq_cumsum)
 
 
 @triton.jit
@@ -65,29 +66,36 @@ def _direction_grads(x, dy, CB, DYX, dtp, lam, A, B_base, s_bl, s_bn, C_base, s_
     read BLOCK_K dstate columns at a time (dB_rows / dC_rows: (Q,) pointers to each token's
     row), so that only (Q, BLOCK_K) and (P, BLOCK_K) slices of them are live: whole (Q, dstate)
     and (headdim, dstate) tiles made this kernel spill registers."""
-    L = tl.cumsum(lam, 0)
-    L_end = tl.sum(lam, 0)
+    # (the valid tokens' ids do not decrease and the others' are -1: the max is the last's)
+    L, L_end = seq_cumsum(lam, seq, tl.max(seq, 0), i, HAS_SEQ)
     t = i[:, None]
     s = i[None, :]
     same = seq[:, None] == seq[None, :]
-    # reach[t, s]: s is in t's state. D[t, s]: the log-decay from s to t, summed over the tokens
-    # between (the segment sum), not a difference of two cumulative sums, whose float32 error
-    # grows with |L| (~1e3 under strong decay) rather than with D itself.
+    # reach[t, s]: s is in t's state; reach_T is its transpose. Terms of another sequence are
+    # selected away with where (below), never multiplied by a 0 weight: NaN stays in its sequence.
+    # D[t, s]: the log-decay from s to t, summed over the tokens between (the segment sum), not
+    # a difference of two cumulative sums, whose float32 error grows with |L| (~1e3 under
+    # strong decay) rather than with D itself.
     if IS_REV:
         reach = (s >= t) & same
+        reach_T = (s <= t) & same
         D = tl.cumsum(tl.where(t < s, lam[:, None], 0.0), 0, reverse=True)  # sum t <= k < s
-        w_out = tl.where(seq == seq_next, tl.exp(tl.cumsum(lam, 0, reverse=True)), 0.0)
-        w_in = tl.where(seq == seq_prev, tl.exp(tl.sum(tl.where(t == 0, D, 0.0), 0)), 0.0)
+        out_rows = seq == seq_next
+        in_rows = seq == seq_prev
+        w_out = tl.exp(tl.cumsum(lam, 0, reverse=True))  # exp(L_end - Lex_t)
+        w_in = tl.exp(tl.sum(tl.where(t == 0, D, 0.0), 0))  # exp(Lex_s), D's first row
     else:
         reach = (s <= t) & same
+        reach_T = (s >= t) & same
         D = tl.cumsum(tl.where(t > s, lam[:, None], 0.0), 0)  # sum s < k <= t
-        w_out = tl.where(seq == seq_prev, tl.exp(L), 0.0)
-        w_in = tl.where(seq == seq_next,
-                        tl.exp(tl.sum(tl.where(t == tl.max(i, 0), D, 0.0), 0)), 0.0)
+        out_rows = seq == seq_prev
+        in_rows = seq == seq_next
+        w_out = tl.exp(L)
+        w_in = tl.exp(tl.sum(tl.where(t == tl.max(i, 0), D, 0.0), 0))  # exp(L_end - L_s)
     W = tl.exp(tl.where(reach, D, float("-inf")))
-    gB = mm(tl.trans(W * CB), dy, MM_DTYPE, PREC)
+    gB = mm_tokens(tl.trans(tl.where(reach, W * CB, 0.0)), dy, reach_T, MM_DTYPE, PREC)
     # WDt[t, s]: weight of (t, s) in dC_t (times B_s) and in dB_s (times C_t)
-    WDt = W * DYX * dtp[None, :]
+    WDt = tl.where(reach, W * DYX * dtp[None, :], 0.0)
     q = tl.zeros_like(dtp)  # C_t . dC_t through the state entering the chunk
     r = tl.zeros_like(dtp)  # B_s . dB_s through the adjoint entering it
     through = 0.0
@@ -100,14 +108,16 @@ def _direction_grads(x, dy, CB, DYX, dtp, lam, A, B_base, s_bl, s_bn, C_base, s_
         Adj_k = load_state(Adj_ptr, offs_p, offs_k, P, N)
         # <adjoint, state> through the whole chunk (used when one sequence runs across it)
         through += tl.sum(tl.sum(Adj_k * S_k, 1), 0)
-        gB += w_in[:, None] * mm(Bk, tl.trans(Adj_k), MM_DTYPE, PREC)
-        dC_in = w_out[:, None] * mm(dy, S_k, MM_DTYPE, PREC)
-        dC = mm(WDt, Bk, MM_DTYPE, PREC) + dC_in
-        q += tl.sum(Ck * dC_in, 1)
+        gB += tl.where(in_rows[:, None], w_in[:, None] * mm(Bk, tl.trans(Adj_k), MM_DTYPE, PREC),
+                       0.0)
+        dC_in = tl.where(out_rows[:, None], w_out[:, None] * mm(dy, S_k, MM_DTYPE, PREC), 0.0)
+        dC = mm_tokens(WDt, Bk, reach, MM_DTYPE, PREC) + dC_in
+        q += tl.sum(tl.where(out_rows[:, None], Ck * dC_in, 0.0), 1)
         _store_or_add(dC_rows[:, None] + offs_k[None, :], dC, io_k, ADD_C)
-        dB_in = (dtp * w_in)[:, None] * mm(x, Adj_k, MM_DTYPE, PREC)
-        dB = mm(tl.trans(WDt), Ck, MM_DTYPE, PREC) + dB_in
-        r += tl.sum(Bk * dB_in, 1)
+        dB_in = tl.where(in_rows[:, None],
+                         (dtp * w_in)[:, None] * mm(x, Adj_k, MM_DTYPE, PREC), 0.0)
+        dB = mm_tokens(tl.trans(WDt), Ck, reach_T, MM_DTYPE, PREC) + dB_in
+        r += tl.sum(tl.where(in_rows[:, None], Bk * dB_in, 0.0), 1)
         _store_or_add(dB_rows[:, None] + offs_k[None, :], dB, io_k, ADD_B)
     ddt_in = tl.sum(x * gB, 1)
     dx = dtp[:, None] * gB
