@@ -2,10 +2,12 @@
 
 selective_scan with dt_softplus, x (1, 64, 4, 8), one group of dstate 16, A uniform in
 [-16, -1] and softplus(dt + dt_bias) log-uniform in [0.5, 2]: |dt' A| reaches 32 per step. dA
-and dt_bias had lost float32 precision there on every backend (relative error up to ~4e-3)
-while a plain sequential float32 scan keeps ~5e-7: the log-decay gradient was formed from O(1)
-terms that cancel to its small true value. Fresh draws each run; y and every gradient must be
-within 1e-4 of the float64 sequential reference on the same (float32) inputs.
+and dt_bias had lost float32 precision there (relative error up to ~4e-3 on "reference" and
+"cpu"; the issue saw it on Triton too, which the interpreter does not reproduce) while a plain
+sequential float32 scan keeps ~5e-7: the log-decay gradient was formed from terms that cancel
+to its small true value. Fresh draws each run; y and every gradient must be within 1e-4 of the
+float64 sequential reference on the same (float32) inputs. Eight draws: before the fix a draw
+passed with probability ~1/2 (reference) or less (cpu).
 """
 
 import math
@@ -18,7 +20,7 @@ from mmhnet.ops import reference as R
 from mmhnet.ops import selective_scan
 
 TOL = 1e-4
-DRAWS = 3
+DRAWS = 8
 BACKENDS = [("reference", "cpu"), ("cpu", "cpu"), ("triton", TRITON_DEVICE)] + (
     [("cuda", "cuda")] if HAS_CUDA else [])
 
