@@ -5,16 +5,17 @@
 The competing load is one process spinning on one core (pinned with sched_setaffinity; it ends
 itself after a deadline even if this benchmark dies), started before a timed step and stopped
 after it. Quiet and loaded steps alternate, so that other work on the machine weighs on both
-alike; the table gives their medians.
+alike; the table gives their minima and medians.
 
 Fair sharing of N cores between the step's T threads and the load's K = 1 spinning thread
 predicts the loaded step at quiet x max(1, (T + K) / N), where quiet is the step's cost when no
 thread spins: the fastest quiet median of all policies (a policy's own quiet time would hide
 what spinning costs, since other work on a shared machine slows it too). The target (issue 24)
-is at most 1.5x that prediction. libgomp reads its wait policy once, when ``import torch`` loads it, so each
-policy runs in its own process (``CHILD``): mmhnet's default (OMP_WAIT_POLICY=PASSIVE, set by
-``import mmhnet``), libgomp's own default (GOMP_SPINCOUNT=300000, its default spin count, given
-explicitly so that mmhnet leaves it alone) and a short spin (GOMP_SPINCOUNT=10000).
+is at most 1.5x that prediction. libgomp reads its wait policy once, when ``import torch`` loads
+it, so each policy runs in its own process (``CHILD``): mmhnet's default
+(OMP_WAIT_POLICY=PASSIVE, set by ``import mmhnet``), libgomp's own default
+(GOMP_SPINCOUNT=300000, its default spin count, given explicitly so that mmhnet leaves it alone)
+and a short spin (GOMP_SPINCOUNT=10000).
 """
 
 import argparse
@@ -30,7 +31,8 @@ from .common import Table
 # name -> environment of the child process (None: unset)
 POLICIES = {
     "mmhnet default (OMP_WAIT_POLICY=PASSIVE)": {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None},
-    "libgomp default (GOMP_SPINCOUNT=300000)": {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "300000"},
+    "libgomp default (GOMP_SPINCOUNT=300000)": {"OMP_WAIT_POLICY": None,
+                                                "GOMP_SPINCOUNT": "300000"},
     "short spin (GOMP_SPINCOUNT=10000)": {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "10000"},
 }
 LOAD_THREADS = 1

@@ -77,7 +77,8 @@ def warm_up(name, device, batch=8, tokens=9375):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", default=None,
-                        help=f"sections among {SECTIONS} (default: all), or opt-in {OPT_IN_SECTIONS}")
+                        help=f"sections among {SECTIONS} (default: all), "
+                             f"or opt-in {OPT_IN_SECTIONS}")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     plan = parser.add_mutually_exclusive_group()
     plan.add_argument("--quick", action="store_true", default=None,

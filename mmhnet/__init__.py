@@ -18,7 +18,8 @@ def _set_thread_wait_policy():
     nothing when torch is already imported. Spinning threads on a machine shared with other
     work made a training step 5x slower (docs/DESIGN.md, "Threads"). Returns whether it set it.
     """
-    if "torch" in _sys.modules or any(_os.environ.get(v) for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
+    user_set = any(_os.environ.get(v) for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))
+    if "torch" in _sys.modules or user_set:
         return False
     _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return True

@@ -85,7 +85,8 @@ def native_module(name):
     probe = getattr(module, "cpu_supports_avx512", None)  # absent from builds before the pair
     chosen = select_cpu_module(os.environ.get("MMHNET_CPU_ISA") or None,
                                getattr(module, "ISA", "unknown"),
-                               _native_built(CPU_ISA_MODULES["avx512"]), probe is not None and probe())
+                               _native_built(CPU_ISA_MODULES["avx512"]),
+                               probe is not None and probe())
     # a chosen module that fails to import is an error, not a silent "reference" backend
     return module if chosen == "_C" else importlib.import_module(f"mmhnet.{chosen}")
 
