@@ -2,13 +2,15 @@
 
 import torch
 
+from mmhnet.kernels.scan import CHUNK_SIZE as KERNEL_CHUNK_SIZE
 from mmhnet.kernels.scan import Direction, scan_bwd, scan_fwd
 
 from ._backend import BackendUnavailableError
 from ._scan_args import BOTH, FORWARD, ScanGrads
 
-# Chunk length of the kernels; tests lower it to cover many chunks with short sequences.
-CHUNK_SIZE = 64
+# Chunk length of the kernels (chosen in launch.py); tests lower it to cover many chunks with
+# short sequences.
+CHUNK_SIZE = KERNEL_CHUNK_SIZE
 
 
 def _check_dtypes(a):
