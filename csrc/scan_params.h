@@ -2,7 +2,7 @@
 // (csrc/cpu/scan_*.cpp) and CUDA (csrc/cuda/scan_*.cu) kernels. No torch: Python hands over raw
 // pointers, sizes and element strides (int64, so tensors past 2^31 elements index correctly).
 //
-// Maths (shared/DESIGN.md, Op 1). Per sequence, head h, direction d, in the direction's
+// Maths (docs/DESIGN.md, Op 1). Per sequence, head h, direction d, in the direction's
 // processing order k (time order for the forward direction, reversed for the reverse one):
 //     h_k = a_k h_{k-1} + u_k (x) B_k,   a_k = exp(dt'_k A_d),   u_k = dt'_k x_k,   yhat_k = C_k . h_k
 // y_t = sum_d yhat_d(t or, quasi, the previous token in d's order) + D x_t, then y * silu(z).

@@ -1,5 +1,5 @@
 """mmhnet: Triton, CUDA and C++ kernels for non-causal (bidirectional) hierarchical Mamba, and
-the thin MMHNet video-to-audio model built on them. See shared/DESIGN.md for the contract.
+the thin MMHNet video-to-audio model built on them. See docs/DESIGN.md for the contract.
 
 The public ops (``mmhnet.ops``) and layers (``mmhnet.layers``) are also importable from the
 package itself, as mamba_ssm exports its ops and Mamba2: ``from mmhnet import bi_selective_scan,

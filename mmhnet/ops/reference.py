@@ -1,7 +1,7 @@
 """Pure-PyTorch references for every mmhnet op: the ``naive.py`` that each backend is tested
 against, and the "reference" backend.
 
-Two forms of the selective scan live here (shapes and maths: shared/DESIGN.md, "Op 1"):
+Two forms of the selective scan live here (shapes and maths: docs/DESIGN.md, "Op 1"):
 
 * ``selective_scan_sequential`` / ``bi_selective_scan_sequential``: the recurrence written
   step by step. Slow, obviously right, float64-capable: the ground truth of the tests.
