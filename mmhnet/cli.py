@@ -1,4 +1,5 @@
-"""The ``mmhnet`` command line. Subcommands register themselves in ``COMMANDS``.
+"""The ``mmhnet`` command line: ``build_parser`` adds ``info`` here, the model's commands
+(mmhnet.model.cli) and the profile (mmhnet.profile.cli).
 
 Bad input never ends in a traceback: arguments are checked by argparse types, and every command
 checks its files and outputs before it works, reporting a problem as one ``error:`` line with
@@ -8,6 +9,10 @@ exit status 2. Warnings are printed as one ``warning:`` line each.
 import argparse
 import sys
 import warnings
+
+USAGE = ("Bidirectional hierarchical Mamba kernels and the MMHNet video-to-audio model. Bad "
+         "arguments and files are reported as one 'error:' line (exit status 2), before any work "
+         "starts.")
 
 
 def _info(args):
@@ -47,7 +52,9 @@ def _wait_policy():
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="mmhnet", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mmhnet", description=USAGE,
+        epilog="Run 'mmhnet COMMAND --help' for a command's options.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="show the installed backends")
     p.set_defaults(func=_info)

@@ -75,3 +75,15 @@ def test_cli_errors_are_one_line_and_name_the_field(tmp_path, capsys):
     assert main(["train", "--config", "tiny", "--features", str(good), "--steps", "1",
                  "--clip-seconds", "2", "--out", out]) == 2
     assert "missing ['latent']" in capsys.readouterr().err
+
+
+def test_top_level_help_speaks_to_users(capsys):
+    """`mmhnet --help` describes the tool, not the module's internals (it used to print a
+    developer note about a COMMANDS table that does not exist)."""
+    from mmhnet.cli import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert err.value.code == 0
+    assert "MMHNet video-to-audio model" in out and "COMMANDS" not in out and "``" not in out
